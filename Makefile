@@ -1,0 +1,29 @@
+# Two entry points: `make run` (the default pipeline) and `make test` (the whole suite).
+# Both set up the venv with PyTorch's libtorch first (scripts/setup.sh, idempotent).
+
+VENV ?= .venv
+export PICIE_VENV := $(VENV)
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+# torch-sys finds libtorch inside the venv's PyTorch.
+export LIBTORCH_USE_PYTORCH := 1
+
+.PHONY: setup build run test bench lint
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release --bin picie
+
+run: build
+	cargo run --release --quiet --bin picie -- run pipeline.yaml
+
+test: setup
+	cargo test --all-targets
+
+bench: setup
+	cargo run --release --bin picie-bench
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up: a project-local Python venv with the PyTorch that tch needs
+# (its libtorch is what picie links against) and the Python oracles the tests compare with.
+# Quick when already done. Override the venv folder with PICIE_VENV.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${PICIE_VENV:-.venv}
+TORCH=2.13.0           # tch 0.26 requires exactly this libtorch
+PY=${PYTHON:-python3}
+STAMP="$VENV/.picie-setup-v1"
+
+if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
+    exit 0
+fi
+
+command -v "$PY" >/dev/null || { echo "setup: $PY not found; install Python 3.9+ or set PYTHON" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup.rs)" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a few GB, a minute or two)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" numpy scipy polars
+touch "$STAMP"
+echo "setup: done"

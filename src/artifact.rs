@@ -1,0 +1,316 @@
+//! Artifact files: how a stage writes an output and how a consumer reads it back.
+//!
+//! Tables are Parquet by default: compressed, column-pruned on read, and opened as they are
+//! by Python Polars. Arrow IPC (`Format::Ipc`) is offered for large dense tables that picie
+//! itself writes once and streams back whole (feature dumps): no encoding or compression
+//! cost on either side, and batches come back in the order and size they were written.
+//! Anything else (a safetensors checkpoint) is a plain file of the artifact.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StageError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Ipc,
+    File,
+}
+
+/// One file of an artifact as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub format: Format,
+    pub bytes: u64,
+    pub rows: u64,
+    pub blake3: String,
+}
+
+/// `manifest.json` of a committed artifact.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub key: String,
+    pub node: String,
+    pub kind: String,
+    pub output: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub epoch: Option<u32>,
+    pub files: Vec<FileEntry>,
+    pub rows: u64,
+    /// Field names and Arrow types of table artifacts.
+    pub schema: Vec<(String, String)>,
+    /// Small stage-defined facts (cluster count, feature dimension, ...).
+    pub meta: BTreeMap<String, serde_json::Value>,
+    pub wall_time_s: f64,
+    pub created: String,
+    pub picie_version: String,
+    /// Everything the key was computed from.
+    pub provenance: serde_json::Value,
+}
+
+/// Rows per Parquet/IPC part file; bounds memory of writers and readers alike.
+pub const DEFAULT_PART_ROWS: usize = 1 << 20;
+
+enum TableWriter {
+    Parquet(ArrowWriter<File>),
+    Ipc(arrow::ipc::writer::FileWriter<BufWriter<File>>),
+}
+
+/// Writes one artifact output into a private temporary folder; the engine commits it
+/// (checksums, manifest, atomic rename) only when the stage succeeds.
+pub struct ArtifactWriter {
+    pub(crate) dir: PathBuf,
+    format: Format,
+    part_rows: usize,
+    schema: Option<SchemaRef>,
+    current: Option<(String, TableWriter, u64)>,
+    pub(crate) files: Vec<(String, Format, u64)>,
+    pub(crate) meta: BTreeMap<String, serde_json::Value>,
+    parts: usize,
+}
+
+impl ArtifactWriter {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            format: Format::Parquet,
+            part_rows: DEFAULT_PART_ROWS,
+            schema: None,
+            current: None,
+            files: Vec::new(),
+            meta: BTreeMap::new(),
+            parts: 0,
+        }
+    }
+
+    /// Tables as Arrow IPC instead of Parquet; call before the first `write`.
+    pub fn use_ipc(&mut self) -> &mut Self {
+        self.format = Format::Ipc;
+        self
+    }
+
+    pub fn set_part_rows(&mut self, rows: usize) -> &mut Self {
+        self.part_rows = rows.max(1);
+        self
+    }
+
+    /// Records a small fact in the manifest.
+    pub fn set_meta(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.meta.insert(key.to_string(), value.into());
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.2).sum::<u64>() + self.current.as_ref().map_or(0, |c| c.2)
+    }
+
+    /// Appends a batch; every batch of one artifact has the same schema.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StageError> {
+        match &self.schema {
+            None => self.schema = Some(batch.schema()),
+            Some(s) if s != &batch.schema() => {
+                return Err(StageError::msg(format!(
+                    "artifact batches must share one schema; got {:?} after {:?}",
+                    batch.schema(),
+                    s
+                )))
+            }
+            Some(_) => {}
+        }
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.current.is_none() {
+                self.open_part()?;
+            }
+            let (_, w, rows) = self.current.as_mut().expect("opened above");
+            let room = self.part_rows - *rows as usize;
+            let take = room.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, take);
+            match w {
+                TableWriter::Parquet(w) => w.write(&slice)?,
+                TableWriter::Ipc(w) => w.write(&slice)?,
+            }
+            *rows += take as u64;
+            offset += take;
+            if *rows as usize >= self.part_rows {
+                self.close_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A path inside the artifact for a plain file the stage writes itself.
+    pub fn file_path(&mut self, name: &str) -> Result<PathBuf, StageError> {
+        if name.is_empty()
+            || name.contains('/')
+            || name.starts_with('.')
+            || name == "manifest.json"
+            || self.files.iter().any(|f| f.0 == name)
+        {
+            return Err(StageError::msg(format!(
+                "bad or repeated artifact file name `{name}`"
+            )));
+        }
+        self.files.push((name.to_string(), Format::File, 0));
+        Ok(self.dir.join(name))
+    }
+
+    fn open_part(&mut self) -> Result<(), StageError> {
+        let schema = self.schema.clone().expect("schema set before a part opens");
+        let ext = if self.format == Format::Ipc {
+            "arrow"
+        } else {
+            "parquet"
+        };
+        let name = format!("part-{:05}.{ext}", self.parts);
+        self.parts += 1;
+        let path = self.dir.join(&name);
+        let file = File::create(&path).map_err(|e| StageError::io(&path, e))?;
+        let w = match self.format {
+            Format::Ipc => TableWriter::Ipc(arrow::ipc::writer::FileWriter::try_new(
+                BufWriter::new(file),
+                &schema,
+            )?),
+            _ => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                    .build();
+                TableWriter::Parquet(ArrowWriter::try_new(file, schema, Some(props))?)
+            }
+        };
+        self.current = Some((name, w, 0));
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<(), StageError> {
+        if let Some((name, w, rows)) = self.current.take() {
+            match w {
+                TableWriter::Parquet(w) => {
+                    w.close()?;
+                }
+                TableWriter::Ipc(mut w) => {
+                    w.finish()?;
+                    w.into_inner()?
+                        .flush()
+                        .map_err(|e| StageError::io(self.dir.join(&name), e))?;
+                }
+            }
+            self.files.push((name, self.format, rows));
+        }
+        Ok(())
+    }
+
+    /// Closes the open part and checks every reserved file exists.
+    pub(crate) fn finish(&mut self) -> Result<(), StageError> {
+        self.close_part()?;
+        for (name, _, _) in &self.files {
+            let p = self.dir.join(name);
+            if !p.is_file() {
+                return Err(StageError::msg(format!(
+                    "the stage reserved artifact file `{name}` but did not write it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+}
+
+impl Drop for ArtifactWriter {
+    /// An uncommitted artifact leaves nothing behind (after a commit the folder has been
+    /// renamed away and this does nothing).
+    fn drop(&mut self) {
+        self.current = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A committed artifact (checksums verified when it was looked up).
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Artifact {
+    pub fn key(&self) -> &str {
+        &self.manifest.key
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&serde_json::Value> {
+        self.manifest.meta.get(key)
+    }
+
+    /// The path of a plain file of this artifact.
+    pub fn file(&self, name: &str) -> Result<PathBuf, StageError> {
+        self.manifest
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| self.dir.join(&f.name))
+            .ok_or_else(|| {
+                StageError::msg(format!(
+                    "artifact {} has no file `{name}`",
+                    self.manifest.key
+                ))
+            })
+    }
+
+    /// Table files in write order.
+    pub fn table_files(&self) -> impl Iterator<Item = (PathBuf, Format)> + '_ {
+        self.manifest
+            .files
+            .iter()
+            .filter(|f| f.format != Format::File)
+            .map(|f| (self.dir.join(&f.name), f.format))
+    }
+
+    /// Streams every batch of a table artifact, part by part.
+    pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch, StageError>> + '_ {
+        self.table_files()
+            .flat_map(|(path, format)| match open_table(&path, format) {
+                Ok(it) => it,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            })
+    }
+
+    /// All batches (small tables only).
+    pub fn read_all(&self) -> Result<Vec<RecordBatch>, StageError> {
+        self.batches().collect()
+    }
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, StageError>> + Send>;
+
+fn open_table(path: &Path, format: Format) -> Result<BatchIter, StageError> {
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    Ok(match format {
+        Format::Ipc => Box::new(
+            arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?
+                .map(|b| b.map_err(StageError::from)),
+        ),
+        _ => Box::new(
+            ParquetRecordBatchReaderBuilder::try_new(file)?
+                .with_batch_size(65536)
+                .build()?
+                .map(|b| b.map_err(StageError::from)),
+        ),
+    })
+}

@@ -1,0 +1,364 @@
+//! The `picie` command line. Errors become anyhow here, at the edge, and are printed once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::artifact::Format;
+use crate::exec::{self, RunOptions};
+use crate::plan::Plan;
+use crate::stage::{Mode, Registry};
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "picie",
+    version,
+    about = "PiCIE unsupervised segmentation as a resumable pipeline"
+)]
+pub struct Cli {
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More detail (repeat for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline, reusing every valid cached artifact.
+    Run {
+        pipeline: PathBuf,
+        /// Recompute this stage (all epochs) or node (`name@N`) even if cached.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Recompute this stage and everything downstream of it.
+        #[arg(long, value_name = "STAGE")]
+        from: Vec<String>,
+        /// Stop after this stage: run only it and what it needs.
+        #[arg(long, value_name = "STAGE")]
+        until: Vec<String>,
+    },
+    /// Validate a pipeline and show its unrolled DAG, cached or to run per node.
+    Plan {
+        pipeline: PathBuf,
+        /// Print Graphviz instead of a table.
+        #[arg(long)]
+        dot: bool,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        #[arg(long, value_name = "STAGE")]
+        from: Vec<String>,
+        #[arg(long, value_name = "STAGE")]
+        until: Vec<String>,
+    },
+    /// List the artifacts in a store.
+    Ls(StoreArg),
+    /// Show one artifact: manifest, schema and its first rows as a Polars DataFrame.
+    Show {
+        /// The artifact key, or a unique prefix of it.
+        key: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// How many rows to print.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+    },
+    /// Delete artifacts no run refers to any more, and half-written leftovers.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the stage kinds with their inputs, outputs and default params.
+    Kinds,
+}
+
+#[derive(Args, Debug)]
+struct StoreArg {
+    /// The artifact store folder.
+    #[arg(long, default_value = "artifacts")]
+    store: PathBuf,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match dispatch(cli, &crate::stages::builtin()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PICIE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("picie={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Runs a parsed command line against a registry (tests pass their own kinds).
+pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            pipeline,
+            force,
+            from,
+            until,
+        } => {
+            let plan = Plan::load(&pipeline, registry)?;
+            let store = Store::open(&plan.spec.store)?;
+            let opts = RunOptions {
+                force,
+                from,
+                until,
+                progress: !cli.quiet,
+            };
+            let report = exec::run(&plan, &store, &opts)?;
+            let ran = report
+                .nodes
+                .iter()
+                .filter(|(_, o)| matches!(o, exec::Outcome::Ran { .. }))
+                .count();
+            let cached = report
+                .nodes
+                .iter()
+                .filter(|(_, o)| *o == exec::Outcome::Cached)
+                .count();
+            if !cli.quiet {
+                println!(
+                    "run `{}` finished in {:.2}s: {ran} stage(s) ran, {cached} cached; record {}",
+                    plan.spec.name,
+                    report.seconds,
+                    report.record.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Plan {
+            pipeline,
+            dot,
+            force,
+            from,
+            until,
+        } => {
+            let plan = Plan::load(&pipeline, registry)?;
+            let store = Store::open(&plan.spec.store)?;
+            let opts = RunOptions {
+                force,
+                from,
+                until,
+                progress: false,
+            };
+            let decisions = exec::decide(&plan, &store, &opts, false)?;
+            if dot {
+                let status: Vec<&str> = decisions
+                    .iter()
+                    .map(|d| {
+                        if d.run {
+                            "run"
+                        } else if d.why == "cached" {
+                            "cached"
+                        } else {
+                            "skip"
+                        }
+                    })
+                    .collect();
+                print!("{}", plan.to_dot(Some(&status)));
+                return Ok(());
+            }
+            println!(
+                "pipeline `{}` ({}), device {}, store {}: {} node(s)",
+                plan.spec.name,
+                pipeline.display(),
+                plan.device,
+                plan.spec.store.display(),
+                plan.nodes.len()
+            );
+            println!(
+                "{:<24} {:<10} {:<8} {:<12} WHY / INPUTS",
+                "NODE", "KIND", "STATUS", "KEY"
+            );
+            for (node, d) in plan.nodes.iter().zip(&decisions) {
+                let inputs: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .filter_map(|i| {
+                        i.source.as_ref().map(|(p, out)| {
+                            let arrow = if i.port.mode == Mode::Stream {
+                                "~>"
+                            } else {
+                                "<-"
+                            };
+                            format!("{} {arrow} {}.{out}", i.port.name, plan.nodes[*p].name)
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{:<24} {:<10} {:<8} {:<12} {}{}{}",
+                    node.name,
+                    node.kind,
+                    if d.run {
+                        "run"
+                    } else if d.why == "cached" {
+                        "cached"
+                    } else {
+                        "-"
+                    },
+                    &node.key[..12],
+                    d.why,
+                    if inputs.is_empty() { "" } else { "; " },
+                    inputs.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Ls(s) => ls(&open_existing(&s.store)?),
+        Command::Show { key, store, rows } => show(&open_existing(&store.store)?, &key, rows),
+        Command::Gc { store, dry_run } => {
+            let store = open_existing(&store.store)?;
+            let lock = store.lock("gc")?;
+            let r = store.gc(&lock, dry_run)?;
+            println!(
+                "{} {} artifact(s), {:.1} MiB; kept {}; removed {} leftover(s) in tmp/",
+                if dry_run { "would remove" } else { "removed" },
+                r.removed,
+                r.bytes as f64 / (1 << 20) as f64,
+                r.kept,
+                r.tmp_removed
+            );
+            Ok(())
+        }
+        Command::Kinds => {
+            for k in registry.kinds() {
+                println!("{} (v{}): {}", k.kind(), k.version(), k.description());
+                if let Ok(c) = k.configure(None, Default::default()) {
+                    for p in c.inputs() {
+                        println!(
+                            "    in  {:<12} {:?} {}{}",
+                            p.name,
+                            p.mode,
+                            p.ty,
+                            if p.optional { " (optional)" } else { "" }
+                        );
+                    }
+                    for p in c.outputs() {
+                        println!("    out {:<12} {:?} {}", p.name, p.mode, p.ty);
+                    }
+                    println!("    params {}", c.canonical());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_existing(root: &Path) -> Result<Store> {
+    if !root.join("objects").is_dir() {
+        anyhow::bail!(
+            "{} is not an artifact store (no objects/ folder); pass --store DIR",
+            root.display()
+        );
+    }
+    Ok(Store::open(root)?)
+}
+
+fn ls(store: &Store) -> Result<()> {
+    println!(
+        "{:<14} {:<22} {:<12} {:<14} {:>10} {:>10}  CREATED",
+        "KEY", "NODE", "OUTPUT", "TYPE", "ROWS", "BYTES"
+    );
+    let mut total = 0u64;
+    for a in store.list()? {
+        match a {
+            Ok(a) => {
+                let m = &a.manifest;
+                let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
+                total += bytes;
+                println!(
+                    "{:<14} {:<22} {:<12} {:<14} {:>10} {:>10}  {}",
+                    &m.key[..12],
+                    m.node,
+                    m.output,
+                    m.ty,
+                    m.rows,
+                    bytes,
+                    m.created
+                );
+            }
+            Err((dir, why)) => println!("{:<14} unreadable manifest: {why}", dir.display()),
+        }
+    }
+    println!("total {:.1} MiB", total as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+fn show(store: &Store, key: &str, rows: usize) -> Result<()> {
+    let a = store.find(key)?;
+    let m = &a.manifest;
+    println!("key       {}", m.key);
+    println!(
+        "node      {} (kind {}, output {}, type {})",
+        m.node, m.kind, m.output, m.ty
+    );
+    println!("folder    {}", a.dir.display());
+    println!(
+        "created   {} in {:.2}s by picie {}",
+        m.created, m.wall_time_s, m.picie_version
+    );
+    println!("rows      {}", m.rows);
+    for f in &m.files {
+        println!(
+            "file      {} ({:?}, {} bytes, {} rows)",
+            f.name, f.format, f.bytes, f.rows
+        );
+    }
+    if !m.meta.is_empty() {
+        println!("meta      {}", serde_json::to_string(&m.meta)?);
+    }
+    for (name, ty) in &m.schema {
+        println!("column    {name}: {ty}");
+    }
+    if let Some((path, format)) = a.table_files().next() {
+        match format {
+            Format::Parquet => {
+                use polars::prelude::*;
+                let file = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let df = ParquetReader::new(file)
+                    .with_slice(Some((0, rows)))
+                    .finish()
+                    .map_err(|e| anyhow::anyhow!("reading {} with Polars: {e}", path.display()))?;
+                println!("{df}");
+            }
+            _ => {
+                let batches: Vec<_> = a.batches().take(1).collect::<Result<_, _>>()?;
+                if let Some(b) = batches.first() {
+                    let b = b.slice(0, rows.min(b.num_rows()));
+                    println!("{}", arrow::util::pretty::pretty_format_batches(&[b])?);
+                }
+            }
+        }
+    }
+    Ok(())
+}

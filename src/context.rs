@@ -1,0 +1,227 @@
+//! What a running stage sees: its inputs, its outputs, and the run it belongs to.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crossbeam_channel::{select, Receiver, Sender};
+use indicatif::ProgressBar;
+use marked_yaml::Node;
+
+use crate::artifact::{Artifact, ArtifactWriter};
+use crate::device::Device;
+use crate::error::StageError;
+
+/// One item of a stream. Any `Send + Sync` value; shared, not copied, on fan-out.
+pub type Item = Arc<dyn Any + Send + Sync>;
+
+pub(crate) enum Msg {
+    Item(Item),
+    /// The producer finished normally. A channel that disconnects without it broke off.
+    End,
+}
+
+pub(crate) struct StreamIn {
+    pub producer: String,
+    pub rx: Receiver<Msg>,
+    pub ended: bool,
+}
+
+pub(crate) struct StreamOut {
+    pub consumers: Vec<(String, Sender<Msg>)>,
+}
+
+/// Identity of the running node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    pub stage: String,
+    pub kind: String,
+    pub epoch: Option<u32>,
+    pub seed: u64,
+    pub device: Device,
+}
+
+pub struct Context {
+    pub(crate) info: NodeInfo,
+    pub(crate) dataset: Option<Arc<Node>>,
+    pub(crate) streams_in: BTreeMap<String, StreamIn>,
+    pub(crate) streams_out: BTreeMap<String, StreamOut>,
+    pub(crate) artifacts_in: BTreeMap<String, Artifact>,
+    pub(crate) writers: BTreeMap<String, ArtifactWriter>,
+    /// Disconnects when the run is cancelled; every blocking call watches it.
+    pub(crate) cancel: Receiver<()>,
+    pub(crate) progress: ProgressBar,
+}
+
+impl Context {
+    pub fn node(&self) -> &NodeInfo {
+        &self.info
+    }
+    pub fn epoch(&self) -> Option<u32> {
+        self.info.epoch
+    }
+    pub fn seed(&self) -> u64 {
+        self.info.seed
+    }
+    pub fn device(&self) -> Device {
+        self.info.device
+    }
+    /// The pipeline's `dataset:` section (only for kinds whose `reads_dataset()` is true).
+    pub fn dataset(&self) -> Option<&Node> {
+        self.dataset.as_deref()
+    }
+    /// A progress bar for this stage (hidden under `--quiet` or without a terminal).
+    pub fn progress(&self) -> &ProgressBar {
+        &self.progress
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self.cancel.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Long computations call this now and then so a failure elsewhere stops them promptly.
+    pub fn check_cancelled(&self) -> Result<(), StageError> {
+        if self.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The next item of a stream input; `None` once its producer has finished.
+    pub fn recv(&mut self, port: &str) -> Result<Option<Item>, StageError> {
+        let cancel = self.cancel.clone();
+        let s = self
+            .streams_in
+            .get_mut(port)
+            .ok_or_else(|| StageError::msg(format!("no stream input `{port}`")))?;
+        if s.ended {
+            return Ok(None);
+        }
+        let msg = select! {
+            recv(s.rx) -> m => m,
+            recv(cancel) -> _ => return Err(StageError::Cancelled),
+        };
+        match msg {
+            Ok(Msg::Item(i)) => Ok(Some(i)),
+            Ok(Msg::End) => {
+                s.ended = true;
+                Ok(None)
+            }
+            Err(_) => Err(StageError::UpstreamFailed(s.producer.clone())),
+        }
+    }
+
+    /// Like `recv`, downcast to the type the producer sends.
+    pub fn recv_as<T: Any + Send + Sync>(
+        &mut self,
+        port: &str,
+    ) -> Result<Option<Arc<T>>, StageError> {
+        match self.recv(port)? {
+            None => Ok(None),
+            Some(item) => item.downcast::<T>().map(Some).map_err(|_| {
+                StageError::msg(format!(
+                    "stream input `{port}` carried an item that is not a {}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+
+    /// The next item from whichever stream input has one (fan-in without ordering
+    /// deadlocks); `None` once every stream input has ended.
+    pub fn recv_any(&mut self) -> Result<Option<(String, Item)>, StageError> {
+        loop {
+            // Clones of the receivers, so the selection does not borrow `self`.
+            let open: Vec<(String, Receiver<Msg>)> = self
+                .streams_in
+                .iter()
+                .filter(|(_, s)| !s.ended)
+                .map(|(p, s)| (p.clone(), s.rx.clone()))
+                .collect();
+            if open.is_empty() {
+                return Ok(None);
+            }
+            let mut sel = crossbeam_channel::Select::new();
+            for (_, rx) in &open {
+                sel.recv(rx);
+            }
+            let cancel_idx = sel.recv(&self.cancel);
+            let op = sel.select();
+            let idx = op.index();
+            if idx == cancel_idx {
+                let _ = op.recv(&self.cancel);
+                return Err(StageError::Cancelled);
+            }
+            let (port, rx) = &open[idx];
+            let msg = op.recv(rx);
+            let s = self.streams_in.get_mut(port).expect("port listed above");
+            match msg {
+                Ok(Msg::Item(i)) => return Ok(Some((port.clone(), i))),
+                Ok(Msg::End) => s.ended = true,
+                Err(_) => return Err(StageError::UpstreamFailed(s.producer.clone())),
+            }
+        }
+    }
+
+    /// Sends an item to every running consumer of a stream output, blocking while their
+    /// channels are full (back-pressure).
+    pub fn send<T: Any + Send + Sync>(&mut self, port: &str, value: T) -> Result<(), StageError> {
+        self.send_item(port, Arc::new(value))
+    }
+
+    pub fn send_item(&mut self, port: &str, item: Item) -> Result<(), StageError> {
+        // A producer whose consumers have all gone still stops when the run is cancelled.
+        self.check_cancelled()?;
+        let cancel = self.cancel.clone();
+        let out = self
+            .streams_out
+            .get_mut(port)
+            .ok_or_else(|| StageError::msg(format!("no stream output `{port}`")))?;
+        let mut gone = Vec::new();
+        for (i, (_, tx)) in out.consumers.iter().enumerate() {
+            select! {
+                send(tx, Msg::Item(item.clone())) -> r => if r.is_err() { gone.push(i) },
+                recv(cancel) -> _ => return Err(StageError::Cancelled),
+            }
+        }
+        // A consumer that returned without reading everything needs no more items.
+        for i in gone.into_iter().rev() {
+            out.consumers.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Whether an optional input is connected.
+    pub fn has_input(&self, port: &str) -> bool {
+        self.artifacts_in.contains_key(port) || self.streams_in.contains_key(port)
+    }
+
+    /// A committed artifact input.
+    pub fn input(&self, port: &str) -> Result<&Artifact, StageError> {
+        self.artifacts_in
+            .get(port)
+            .ok_or_else(|| StageError::msg(format!("no artifact input `{port}` is connected")))
+    }
+
+    /// The writer of an artifact output; it is committed only if `run` returns `Ok`.
+    pub fn output(&mut self, port: &str) -> Result<&mut ArtifactWriter, StageError> {
+        self.writers
+            .get_mut(port)
+            .ok_or_else(|| StageError::msg(format!("no artifact output `{port}`")))
+    }
+
+    /// Tells consumers that every stream output is complete.
+    pub(crate) fn end_streams(&mut self) {
+        for out in self.streams_out.values() {
+            for (_, tx) in &out.consumers {
+                let _ = tx.send(Msg::End);
+            }
+        }
+        self.streams_out.clear();
+    }
+}

@@ -1,0 +1,152 @@
+//! Errors in a pipeline file, each with its place in the file and a hint.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::Span;
+
+/// A place in a YAML file (1-based line and column; 0 when unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loc {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Loc {
+    pub fn of(span: &Span) -> Self {
+        span.start()
+            .map(|m| Loc {
+                line: m.line(),
+                column: m.column(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub loc: Loc,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(loc: Loc, message: impl Into<String>) -> Self {
+        Self {
+            loc,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Every problem found in one file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics {
+    pub file: PathBuf,
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn new(file: &Path) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            items: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn sort(&mut self) {
+        self.items.sort_by_key(|d| (d.loc.line, d.loc.column));
+        self.items.dedup();
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.items.len();
+        writeln!(
+            f,
+            "{} has {n} error{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for d in &self.items {
+            write!(
+                f,
+                "  {}:{}:{}: {}",
+                self.file.display(),
+                d.loc.line,
+                d.loc.column,
+                d.message
+            )?;
+            if let Some(h) = &d.hint {
+                write!(f, "\n      hint: {h}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// The closest candidate by edit distance, for "did you mean" hints.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        // A word that extends a candidate (`batchsize` for `batch`) is as close as a typo.
+        .map(|c| {
+            let d = levenshtein(word, c);
+            let prefix = c.len() >= 3 && (word.starts_with(c) || c.starts_with(word));
+            (if prefix { d.min(1) } else { d }, c)
+        })
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// A hint listing what is allowed, led by the nearest match when there is one.
+pub fn suggest(word: &str, candidates: &[&str], what: &str) -> String {
+    match closest(word, candidates.iter().copied()) {
+        Some(c) => format!("did you mean `{c}`? {what}: {}", candidates.join(", ")),
+        None => format!("{what}: {}", candidates.join(", ")),
+    }
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_words_only() {
+        assert_eq!(closest("kmean", ["kmeans", "label"]), Some("kmeans"));
+        assert_eq!(closest("zzzzzz", ["kmeans", "label"]), None);
+    }
+}

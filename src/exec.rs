@@ -1,0 +1,484 @@
+//! Runs a plan: one thread per stage instance, bounded channels between streaming stages,
+//! artifacts committed to the store as each stage succeeds.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing::{info, warn};
+
+use crate::artifact::{Artifact, Manifest};
+use crate::context::{Context, Msg, NodeInfo, StreamIn, StreamOut};
+use crate::error::{Error, StageError};
+use crate::plan::Plan;
+use crate::stage::Mode;
+use crate::store::{now, Lookup, NodeRecord, RunRecord, Store};
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Recompute these stages (or `name@N` nodes) even when cached.
+    pub force: Vec<String>,
+    /// Recompute these and everything downstream of them.
+    pub from: Vec<String>,
+    /// Run only these and what they need.
+    pub until: Vec<String>,
+    /// Draw progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Whether a node runs, and why.
+#[derive(Debug)]
+pub struct Decision {
+    pub run: bool,
+    pub why: String,
+    /// Its verified artifacts, when cached.
+    pub cached: BTreeMap<String, Artifact>,
+}
+
+/// Decides which nodes run. With `repair`, corrupt artifacts are deleted so that they are
+/// recomputed (the caller holds the store lock).
+pub fn decide(
+    plan: &Plan,
+    store: &Store,
+    opts: &RunOptions,
+    repair: bool,
+) -> Result<Vec<Decision>, Error> {
+    let n = plan.nodes.len();
+    let mut forced = vec![false; n];
+    for w in &opts.force {
+        for i in plan.select(w)? {
+            forced[i] = true;
+        }
+    }
+    for w in &opts.from {
+        for i in plan.select(w)? {
+            forced[i] = true;
+        }
+    }
+    if !opts.from.is_empty() {
+        // Downstream closure, in topological order.
+        for i in 0..n {
+            if plan.nodes[i]
+                .inputs
+                .iter()
+                .any(|inp| inp.source.as_ref().is_some_and(|(p, _)| forced[*p]))
+                && !forced[i]
+            {
+                forced[i] = true;
+            }
+        }
+    }
+    let mut target = vec![opts.until.is_empty(); n];
+    for w in &opts.until {
+        for i in plan.select(w)? {
+            target[i] = true;
+        }
+    }
+    for i in (0..n).rev() {
+        if target[i] {
+            for inp in &plan.nodes[i].inputs {
+                if let Some((p, _)) = &inp.source {
+                    target[*p] = true;
+                }
+            }
+        }
+    }
+
+    let mut out: Vec<Decision> = Vec::with_capacity(n);
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let mut cached = BTreeMap::new();
+        let mut why = String::new();
+        for port in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
+            let key = &node.output_keys[port.name];
+            match store.lookup(key) {
+                Lookup::Valid(a) => {
+                    cached.insert(port.name.to_string(), *a);
+                }
+                Lookup::Missing => why = "not cached".into(),
+                Lookup::Corrupt(reason) => {
+                    warn!(
+                        "artifact {key} ({}.{}) is corrupt: {reason}; it will be recomputed",
+                        node.name, port.name
+                    );
+                    if repair {
+                        store.remove(key)?;
+                    }
+                    why = format!("corrupt: {reason}");
+                }
+            }
+        }
+        let is_cached = node.has_artifact_outputs() && why.is_empty();
+        let run = target[i] && (forced[i] || !is_cached);
+        let why = if !target[i] {
+            "not needed".into()
+        } else if forced[i] {
+            "forced".into()
+        } else if is_cached {
+            "cached".into()
+        } else if !node.has_artifact_outputs() && !node.outputs.is_empty() {
+            "streams only to cached stages".into()
+        } else if node.outputs.is_empty() {
+            "has no outputs to cache".into()
+        } else {
+            why
+        };
+        // A pure producer runs only when a running stage reads its stream (below).
+        let run = run && why != "streams only to cached stages";
+        out.push(Decision { run, why, cached });
+    }
+    // A running stage needs its stream producers running too.
+    for i in (0..n).rev() {
+        if !out[i].run {
+            continue;
+        }
+        for inp in &plan.nodes[i].inputs {
+            if let (Some((p, _)), Mode::Stream) = (&inp.source, inp.port.mode) {
+                if !out[*p].run {
+                    out[*p].run = true;
+                    out[*p].why = format!("streams to {}", plan.nodes[i].name);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Cached,
+    NotNeeded,
+    Ran {
+        seconds: f64,
+    },
+    Failed {
+        error: String,
+        secondary: bool,
+    },
+    /// Never started because the run stopped first.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::NotNeeded => "not needed",
+            Self::Ran { .. } => "ran",
+            Self::Failed {
+                secondary: true, ..
+            } => "stopped",
+            Self::Failed { .. } => "FAILED",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RunReport {
+    pub nodes: Vec<(String, Outcome)>,
+    pub seconds: f64,
+    pub record: std::path::PathBuf,
+}
+
+type Done = (usize, Result<BTreeMap<String, Artifact>, StageError>, f64);
+
+/// Runs what `decide` says must run. On failure, the first real error is returned after
+/// every started stage has stopped; artifacts committed before it stay valid.
+pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, Error> {
+    let t0 = Instant::now();
+    let started = now();
+    let lock = store.lock(&format!(
+        "run `{}` of {}",
+        plan.spec.name,
+        plan.spec.file.display()
+    ))?;
+    let stale = store.clean_tmp(&lock)?;
+    if stale > 0 {
+        info!("removed {stale} half-written artifact(s) left by an interrupted run");
+    }
+    let decisions = decide(plan, store, opts, true)?;
+    let n = plan.nodes.len();
+    let running: Vec<bool> = decisions.iter().map(|d| d.run).collect();
+    let mut available: BTreeMap<(usize, String), Artifact> = BTreeMap::new();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
+    for (i, d) in decisions.into_iter().enumerate() {
+        outcomes.push(if d.run {
+            Outcome::Skipped
+        } else if d.why == "cached" {
+            Outcome::Cached
+        } else {
+            Outcome::NotNeeded
+        });
+        for (out, a) in d.cached {
+            available.insert((i, out), a);
+        }
+    }
+
+    // Channels for stream edges between running nodes.
+    let cap = plan.spec.channel_capacity;
+    let mut ins: Vec<BTreeMap<String, StreamIn>> = (0..n).map(|_| BTreeMap::new()).collect();
+    let mut outs: Vec<BTreeMap<String, StreamOut>> = (0..n).map(|_| BTreeMap::new()).collect();
+    for (c, node) in plan.nodes.iter().enumerate() {
+        for p in node.outputs.iter().filter(|p| p.mode == Mode::Stream) {
+            outs[c].insert(
+                p.name.to_string(),
+                StreamOut {
+                    consumers: Vec::new(),
+                },
+            );
+        }
+        if !running[c] {
+            continue;
+        }
+        for inp in node.inputs.iter().filter(|i| i.port.mode == Mode::Stream) {
+            if let Some((p, out)) = &inp.source {
+                let (tx, rx): (Sender<Msg>, Receiver<Msg>) = bounded(cap);
+                ins[c].insert(
+                    inp.port.name.to_string(),
+                    StreamIn {
+                        producer: plan.nodes[*p].name.clone(),
+                        rx,
+                        ended: false,
+                    },
+                );
+                outs[*p]
+                    .get_mut(out.as_str())
+                    .expect("stream output declared")
+                    .consumers
+                    .push((node.name.clone(), tx));
+            }
+        }
+    }
+
+    let multi =
+        MultiProgress::with_draw_target(if opts.progress && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+    let style = ProgressStyle::with_template("{spinner} {prefix:<22} {wide_bar} {pos}/{len} {msg}")
+        .expect("valid template");
+
+    let (cancel_tx, cancel_rx) = bounded::<()>(0);
+    let mut cancel_tx = Some(cancel_tx);
+    let (done_tx, done_rx) = unbounded::<Done>();
+    let mut started_nodes = vec![false; n];
+    let mut finished = vec![false; n];
+    let mut first_error: Option<(usize, StageError)> = None;
+    let mut secondary: Option<(usize, StageError)> = None;
+
+    std::thread::scope(|scope| {
+        let mut live = 0usize;
+        loop {
+            if cancel_tx.is_some() {
+                for i in 0..n {
+                    if !running[i] || started_nodes[i] {
+                        continue;
+                    }
+                    let ready = plan.nodes[i].inputs.iter().all(|inp| match &inp.source {
+                        Some((p, _)) if inp.port.mode == Mode::Artifact && running[*p] => {
+                            finished[*p]
+                        }
+                        _ => true,
+                    });
+                    if !ready {
+                        continue;
+                    }
+                    started_nodes[i] = true;
+                    live += 1;
+                    let node = &plan.nodes[i];
+                    let mut artifacts_in = BTreeMap::new();
+                    for inp in node.inputs.iter().filter(|i| i.port.mode == Mode::Artifact) {
+                        if let Some((p, out)) = &inp.source {
+                            if let Some(a) = available.get(&(*p, out.clone())) {
+                                artifacts_in.insert(inp.port.name.to_string(), a.clone());
+                            }
+                        }
+                    }
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(style.clone());
+                    bar.set_prefix(node.name.clone());
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    let ctx = Context {
+                        info: NodeInfo {
+                            name: node.name.clone(),
+                            stage: node.stage.clone(),
+                            kind: node.kind.clone(),
+                            epoch: node.epoch,
+                            seed: plan.spec.seed,
+                            device: plan.device,
+                        },
+                        dataset: node.dataset.clone(),
+                        streams_in: std::mem::take(&mut ins[i]),
+                        streams_out: std::mem::take(&mut outs[i]),
+                        artifacts_in,
+                        writers: BTreeMap::new(),
+                        cancel: cancel_rx.clone(),
+                        progress: bar,
+                    };
+                    let tx = done_tx.clone();
+                    let builder = std::thread::Builder::new().name(node.name.clone());
+                    let spawned = builder.spawn_scoped(scope, move || {
+                        let t = Instant::now();
+                        let r = run_node(plan, store, i, ctx);
+                        let _ = tx.send((i, r, t.elapsed().as_secs_f64()));
+                    });
+                    if let Err(e) = spawned {
+                        let _ = done_tx.send((
+                            i,
+                            Err(StageError::msg(format!("cannot start a thread: {e}"))),
+                            0.0,
+                        ));
+                    }
+                }
+            }
+            if live == 0 {
+                break;
+            }
+            let (i, r, secs) = done_rx.recv().expect("a sender is held here");
+            live -= 1;
+            finished[i] = true;
+            match r {
+                Ok(arts) => {
+                    info!("{} finished in {secs:.2}s", plan.nodes[i].name);
+                    for (out, a) in arts {
+                        available.insert((i, out), a);
+                    }
+                    outcomes[i] = Outcome::Ran { seconds: secs };
+                }
+                Err(e) => {
+                    let sec = e.is_secondary();
+                    outcomes[i] = Outcome::Failed {
+                        error: e.to_string(),
+                        secondary: sec,
+                    };
+                    if cancel_tx.take().is_some() {
+                        warn!("{} failed; stopping the run", plan.nodes[i].name);
+                    }
+                    if sec {
+                        secondary.get_or_insert((i, e));
+                    } else {
+                        first_error.get_or_insert((i, e));
+                    }
+                }
+            }
+        }
+        // Anything never started keeps its receivers here; dropping them is harmless now.
+        drop(ins);
+        drop(outs);
+    });
+    multi.clear().ok();
+
+    let failure = first_error.or(secondary);
+    let record = RunRecord {
+        name: plan.spec.name.clone(),
+        pipeline: plan.spec.file.clone(),
+        started,
+        finished: now(),
+        ok: failure.is_none(),
+        error: failure
+            .as_ref()
+            .map(|(i, e)| format!("{}: {e}", plan.nodes[*i].name)),
+        device: plan.device.to_string(),
+        nodes: plan
+            .nodes
+            .iter()
+            .zip(&outcomes)
+            .map(|(node, o)| NodeRecord {
+                name: node.name.clone(),
+                stage: node.stage.clone(),
+                kind: node.kind.clone(),
+                epoch: node.epoch,
+                status: o.label().to_string(),
+                seconds: match o {
+                    Outcome::Ran { seconds } => *seconds,
+                    _ => 0.0,
+                },
+                outputs: node
+                    .outputs
+                    .iter()
+                    .filter(|p| p.mode == Mode::Artifact)
+                    .map(|p| (p.name.to_string(), node.output_keys[p.name].clone()))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let record_path = store.write_run_record(&record)?;
+    drop(lock);
+    if let Some((i, source)) = failure {
+        return Err(Error::StageFailed {
+            node: plan.nodes[i].name.clone(),
+            kind: plan.nodes[i].kind.clone(),
+            source,
+        });
+    }
+    Ok(RunReport {
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .zip(outcomes)
+            .collect(),
+        seconds: t0.elapsed().as_secs_f64(),
+        record: record_path,
+    })
+}
+
+fn run_node(
+    plan: &Plan,
+    store: &Store,
+    i: usize,
+    mut ctx: Context,
+) -> Result<BTreeMap<String, Artifact>, StageError> {
+    let node = &plan.nodes[i];
+    let t = Instant::now();
+    for p in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
+        let w = store.begin(&node.output_keys[p.name])?;
+        ctx.writers.insert(p.name.to_string(), w);
+    }
+    let mut stage = node.configured.instantiate();
+    let r = catch_unwind(AssertUnwindSafe(|| stage.run(&mut ctx)));
+    ctx.progress.finish_and_clear();
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            return Err(StageError::Panicked(msg));
+        }
+    }
+    ctx.end_streams();
+    let mut committed = BTreeMap::new();
+    for (name, w) in std::mem::take(&mut ctx.writers) {
+        let port = node
+            .outputs
+            .iter()
+            .find(|p| p.name == name)
+            .expect("writer for a declared output");
+        let manifest = Manifest {
+            key: node.output_keys[&name].clone(),
+            node: node.name.clone(),
+            kind: node.kind.clone(),
+            output: name.clone(),
+            ty: port.ty.to_string(),
+            epoch: node.epoch,
+            files: Vec::new(),
+            rows: 0,
+            schema: Vec::new(),
+            meta: BTreeMap::new(),
+            wall_time_s: t.elapsed().as_secs_f64(),
+            created: now(),
+            picie_version: env!("CARGO_PKG_VERSION").to_string(),
+            provenance: node.provenance.clone(),
+        };
+        committed.insert(name, store.commit(w, manifest)?);
+    }
+    Ok(committed)
+}

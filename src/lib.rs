@@ -1,0 +1,30 @@
+//! picie: PiCIE (Cho et al., CVPR 2021) as a reproducible, resumable dataflow pipeline.
+//!
+//! A pipeline file (`spec`) becomes a validated DAG (`plan`) whose stages (`stage`,
+//! implemented in `stages/`) run on threads joined by bounded channels (`exec`) and leave
+//! content-addressed Parquet artifacts in a store (`store`, `artifact`).
+
+pub mod artifact;
+pub mod augment_params;
+pub mod cli;
+pub mod context;
+pub mod device;
+pub mod diag;
+pub mod error;
+pub mod exec;
+pub mod metrics;
+pub mod plan;
+pub mod spec;
+pub mod stage;
+pub mod store;
+pub mod synthetic;
+
+#[path = "../stages/mod.rs"]
+pub mod stages;
+
+pub use context::{Context, Item};
+pub use error::{Error, StageError};
+pub use exec::{run, RunOptions};
+pub use plan::Plan;
+pub use stage::{Mode, ParamError, Port, Registry, Stage};
+pub use store::Store;

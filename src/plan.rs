@@ -1,0 +1,728 @@
+//! From a parsed spec to a validated, unrolled, keyed DAG.
+//!
+//! Every problem is collected with its YAML place before anything runs. Loop stages are
+//! copied once per epoch (`extract@1`, `extract@2`, ...) so the plan is a plain DAG whose
+//! nodes carry their epoch. Each node's key is a blake3 over a canonical JSON of what
+//! determines its outputs: kind, code version, params, seed, epoch, the keys of its inputs,
+//! picie and libtorch versions, device class (and the dataset for kinds that read it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use marked_yaml::Node;
+use serde_json::json;
+
+use crate::device::{libtorch_version, Device};
+use crate::diag::{suggest, Diagnostic, Diagnostics};
+use crate::error::Error;
+use crate::spec::{self, EpochSel, InputSpec, Spec, StageSpec};
+use crate::stage::{Configured, Mode, Port, Registry};
+
+/// One node of the unrolled graph.
+pub struct PlanNode {
+    pub name: String,
+    pub stage: String,
+    pub kind: String,
+    pub version: u32,
+    pub epoch: Option<u32>,
+    pub configured: Arc<dyn Configured>,
+    pub inputs: Vec<PlanInput>,
+    pub outputs: Vec<Port>,
+    pub dataset: Option<Arc<Node>>,
+    pub key: String,
+    /// Output name -> key (stream outputs too: downstream keys are built from them).
+    pub output_keys: BTreeMap<String, String>,
+    pub provenance: serde_json::Value,
+}
+
+pub struct PlanInput {
+    pub port: Port,
+    /// (producer node index, producer output name); `None` for an absent optional input.
+    pub source: Option<(usize, String)>,
+}
+
+impl PlanNode {
+    pub fn has_artifact_outputs(&self) -> bool {
+        self.outputs.iter().any(|p| p.mode == Mode::Artifact)
+    }
+}
+
+pub struct Plan {
+    pub spec: Spec,
+    pub device: Device,
+    /// Nodes in a topological order.
+    pub nodes: Vec<PlanNode>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("name", &self.spec.name)
+            .field("device", &self.device)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Reads, validates and unrolls a pipeline file.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPipeline {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str(&text, path, registry)
+    }
+
+    pub fn from_str(text: &str, path: &Path, registry: &Registry) -> Result<Plan, Error> {
+        let mut diags = Diagnostics::new(path);
+        let spec = spec::parse(text, path, &mut diags);
+        let plan = spec.and_then(|s| build(s, registry, &mut diags));
+        match plan {
+            Some(p) if diags.is_empty() => Ok(p),
+            _ => {
+                diags.sort();
+                Err(Error::Invalid(diags))
+            }
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Nodes a `--force`/`--from`/`--until` word names: a node (`extract@2`) or every epoch
+    /// of a stage (`extract`).
+    pub fn select(&self, word: &str) -> Result<Vec<usize>, Error> {
+        let hits: Vec<usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.name == word || n.stage == word)
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            Err(Error::NoSuchStage(word.to_string()))
+        } else {
+            Ok(hits)
+        }
+    }
+
+    /// Indices of nodes that read from `i`.
+    pub fn consumers(&self, i: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&c| {
+                self.nodes[c]
+                    .inputs
+                    .iter()
+                    .any(|inp| inp.source.as_ref().is_some_and(|s| s.0 == i))
+            })
+            .collect()
+    }
+
+    /// Graphviz text of the plan, nodes coloured by status when given.
+    pub fn to_dot(&self, status: Option<&[&str]>) -> String {
+        let mut s = String::from("digraph picie {\n  rankdir=LR;\n  node [shape=box, style=filled, fontname=\"monospace\"];\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            let st = status.map(|s| s[i]).unwrap_or("");
+            let colour = match st {
+                "cached" => "palegreen",
+                "run" => "lightgoldenrod",
+                _ => "white",
+            };
+            s.push_str(&format!(
+                "  n{i} [label=\"{}\\n{}{}\", fillcolor={colour}];\n",
+                n.name,
+                n.kind,
+                if st.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({st})")
+                }
+            ));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            for inp in &n.inputs {
+                if let Some((p, out)) = &inp.source {
+                    let style = if inp.port.mode == Mode::Stream {
+                        "dashed"
+                    } else {
+                        "solid"
+                    };
+                    s.push_str(&format!(
+                        "  n{p} -> n{i} [label=\"{out}→{}\", style={style}];\n",
+                        inp.port.name
+                    ));
+                }
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+struct Draft<'a> {
+    spec: &'a StageSpec,
+    epoch: Option<u32>,
+    configured: Option<Arc<dyn Configured>>,
+}
+
+fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Plan> {
+    let device = match spec.device.resolve() {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(Diagnostic::new(spec.device_loc, e));
+            Device::Cpu
+        }
+    };
+    let epochs = spec.epoch_loop.as_ref().map_or(0, |l| l.epochs);
+    let all: Vec<&StageSpec> = spec
+        .stages
+        .iter()
+        .chain(spec.epoch_loop.iter().flat_map(|l| l.stages.iter()))
+        .collect();
+
+    // Names, kinds and params, once per stage as written.
+    let mut by_name: HashMap<&str, &StageSpec> = HashMap::new();
+    let mut configured: HashMap<&str, Arc<dyn Configured>> = HashMap::new();
+    for s in &all {
+        if s.name.is_empty() {
+            continue;
+        }
+        if let Some(prev) = by_name.get(s.name.as_str()) {
+            diags.push(
+                Diagnostic::new(s.name_loc, format!("duplicate stage name `{}`", s.name))
+                    .hint(format!(
+                    "first defined at line {}; stage names are unique across `stages` and `loop`",
+                    prev.name_loc.line
+                )),
+            );
+            continue;
+        }
+        by_name.insert(&s.name, s);
+        if s.kind.is_empty() {
+            continue;
+        }
+        match registry.get(&s.kind) {
+            None => diags.push(
+                Diagnostic::new(s.kind_loc, format!("unknown stage kind `{}`", s.kind))
+                    .hint(suggest(&s.kind, &registry.names(), "known kinds")),
+            ),
+            Some(kind) => match kind.configure(s.params.as_ref(), s.loc) {
+                Ok(c) => {
+                    configured.insert(&s.name, c);
+                }
+                Err(ds) => ds.into_iter().for_each(|d| diags.push(d)),
+            },
+        }
+    }
+
+    // Unroll.
+    let mut drafts: Vec<Draft> = Vec::new();
+    let mut index: HashMap<(String, Option<u32>), usize> = HashMap::new();
+    for s in &all {
+        let range: Vec<Option<u32>> = if s.in_loop {
+            (1..=epochs).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for epoch in range {
+            if by_name
+                .get(s.name.as_str())
+                .is_some_and(|d| std::ptr::eq(*d, *s))
+            {
+                index.insert((s.name.clone(), epoch), drafts.len());
+                drafts.push(Draft {
+                    spec: s,
+                    epoch,
+                    configured: configured.get(s.name.as_str()).cloned(),
+                });
+            }
+        }
+    }
+
+    // Wire inputs.
+    let mut inputs: Vec<Vec<PlanInput>> = Vec::with_capacity(drafts.len());
+    for d in &drafts {
+        let Some(conf) = &d.configured else {
+            inputs.push(Vec::new());
+            continue;
+        };
+        let declared = conf.inputs();
+        let mut wired = Vec::new();
+        for inp in &d.spec.inputs {
+            let Some(port) = declared.iter().find(|p| p.name == inp.port) else {
+                let names: Vec<&str> = declared.iter().map(|p| p.name).collect();
+                diags.push(
+                    Diagnostic::new(
+                        inp.port_loc,
+                        format!(
+                            "stage `{}` ({}) has no input `{}`",
+                            d.spec.name, d.spec.kind, inp.port
+                        ),
+                    )
+                    .hint(if names.is_empty() {
+                        format!("kind `{}` takes no inputs", d.spec.kind)
+                    } else {
+                        suggest(&inp.port, &names, "its inputs")
+                    }),
+                );
+                continue;
+            };
+            if let Some(source) =
+                resolve(inp, d, port, epochs, &by_name, &configured, &index, diags)
+            {
+                wired.push(PlanInput {
+                    port: port.clone(),
+                    source,
+                });
+            }
+        }
+        for port in &declared {
+            if !d.spec.inputs.iter().any(|i| i.port == port.name) {
+                if port.optional {
+                    wired.push(PlanInput {
+                        port: port.clone(),
+                        source: None,
+                    });
+                } else {
+                    diags.push(
+                        Diagnostic::new(
+                            d.spec.name_loc,
+                            format!(
+                                "stage `{}` ({}) is missing input `{}` ({} of type `{}`)",
+                                d.spec.name,
+                                d.spec.kind,
+                                port.name,
+                                mode_name(port.mode),
+                                port.ty
+                            ),
+                        )
+                        .hint(candidates(port, &by_name, &configured)),
+                    );
+                }
+            }
+        }
+        inputs.push(wired);
+    }
+    if !diags.is_empty() {
+        return None;
+    }
+
+    // Order, cycles and stream deadlocks.
+    let n = drafts.len();
+    let order = match topo_order(&inputs, n) {
+        Ok(o) => o,
+        Err(cycle) => {
+            let names: Vec<String> = cycle.iter().map(|&i| node_name(&drafts[i])).collect();
+            diags.push(
+                Diagnostic::new(
+                    drafts[cycle[0]].spec.name_loc,
+                    format!("the stages form a cycle: {} -> {}", names.join(" -> "), names[0]),
+                )
+                .hint("a loop stage reads an earlier epoch with `epoch: prev`; other edges must point forward"),
+            );
+            return None;
+        }
+    };
+    check_streams(&drafts, &inputs, diags);
+    if !diags.is_empty() {
+        return None;
+    }
+
+    // Keys, in topological order; nodes renumbered into that order.
+    let mut new_index = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        new_index[i] = pos;
+    }
+    let dataset = spec.dataset.clone().map(Arc::new);
+    let dataset_json = spec.dataset.as_ref().map(node_to_json);
+    let mut nodes: Vec<PlanNode> = Vec::with_capacity(n);
+    let mut inputs: Vec<Option<Vec<PlanInput>>> = inputs.into_iter().map(Some).collect();
+    for &i in &order {
+        let d = &drafts[i];
+        let conf = d
+            .configured
+            .clone()
+            .expect("configured when no diagnostics");
+        let kind = registry.get(&d.spec.kind).expect("known kind");
+        let mut wired = inputs[i].take().expect("each node once");
+        for w in &mut wired {
+            if let Some((p, _)) = &mut w.source {
+                *p = new_index[*p];
+            }
+        }
+        let mut input_keys = BTreeMap::new();
+        for w in &wired {
+            let key = w
+                .source
+                .as_ref()
+                .map(|(p, out)| nodes[*p].output_keys[out].clone());
+            input_keys.insert(w.port.name.to_string(), key);
+        }
+        let provenance = json!({
+            "picie": env!("CARGO_PKG_VERSION"),
+            "libtorch": libtorch_version(),
+            "device": device.class(),
+            "kind": d.spec.kind,
+            "version": kind.version(),
+            "params": conf.canonical(),
+            "seed": spec.seed,
+            "epoch": d.epoch,
+            "inputs": input_keys,
+            "dataset": if kind.reads_dataset() { dataset_json.clone() } else { None },
+        });
+        let key = hash_hex(&serde_json::to_vec(&provenance).expect("json"));
+        let outputs = conf.outputs();
+        let output_keys = outputs
+            .iter()
+            .map(|p| {
+                (
+                    p.name.to_string(),
+                    hash_hex(format!("{key}/{}", p.name).as_bytes()),
+                )
+            })
+            .collect();
+        nodes.push(PlanNode {
+            name: node_name(d),
+            stage: d.spec.name.clone(),
+            kind: d.spec.kind.clone(),
+            version: kind.version(),
+            epoch: d.epoch,
+            configured: conf.clone(),
+            inputs: wired,
+            outputs,
+            dataset: if kind.reads_dataset() {
+                dataset.clone()
+            } else {
+                None
+            },
+            key,
+            output_keys,
+            provenance,
+        });
+    }
+    Some(Plan {
+        spec,
+        device,
+        nodes,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    inp: &InputSpec,
+    d: &Draft,
+    port: &Port,
+    epochs: u32,
+    by_name: &HashMap<&str, &StageSpec>,
+    configured: &HashMap<&str, Arc<dyn Configured>>,
+    index: &HashMap<(String, Option<u32>), usize>,
+    diags: &mut Diagnostics,
+) -> Option<Option<(usize, String)>> {
+    let src = &inp.source;
+    let Some(producer) = by_name.get(src.stage.as_str()) else {
+        let names: Vec<&str> = by_name.keys().copied().collect();
+        diags.push(
+            Diagnostic::new(
+                src.loc,
+                format!(
+                    "input `{}` refers to unknown stage `{}`",
+                    inp.port, src.stage
+                ),
+            )
+            .hint(suggest(&src.stage, &sorted(names), "stages")),
+        );
+        return None;
+    };
+    let conf = configured.get(src.stage.as_str())?;
+    let outs = conf.outputs();
+    let Some(out) = outs.iter().find(|o| o.name == src.output) else {
+        let names: Vec<&str> = outs.iter().map(|o| o.name).collect();
+        diags.push(
+            Diagnostic::new(
+                src.loc,
+                format!(
+                    "stage `{}` ({}) has no output `{}`",
+                    src.stage, producer.kind, src.output
+                ),
+            )
+            .hint(suggest(&src.output, &names, "its outputs")),
+        );
+        return None;
+    };
+    if out.ty != port.ty || out.mode != port.mode {
+        diags.push(
+            Diagnostic::new(
+                src.loc,
+                format!(
+                    "type mismatch: input `{}` of `{}` takes {} `{}`, but `{}.{}` is {} `{}`",
+                    inp.port,
+                    d.spec.name,
+                    mode_name(port.mode),
+                    port.ty,
+                    src.stage,
+                    src.output,
+                    mode_name(out.mode),
+                    out.ty
+                ),
+            )
+            .hint(candidates(port, by_name, configured)),
+        );
+        return None;
+    }
+    // Which epoch of the producer.
+    let epoch = if producer.in_loop {
+        let e = match (inp.epoch, d.epoch) {
+            (EpochSel::Same, Some(e)) => Some(e),
+            (EpochSel::Same | EpochSel::Last, None) | (EpochSel::Last, Some(_)) => Some(epochs),
+            (EpochSel::Prev, Some(e)) => {
+                if e == 1 {
+                    None
+                } else {
+                    Some(e - 1)
+                }
+            }
+            (EpochSel::Prev, None) => {
+                diags.push(
+                    Diagnostic::new(src.loc, "`prev` only makes sense inside the loop").hint(
+                        "outside the loop, `stage.output` means the last epoch; `@N` picks one",
+                    ),
+                );
+                return None;
+            }
+            (EpochSel::At(k), _) => {
+                if k > epochs {
+                    diags.push(Diagnostic::new(
+                        src.loc,
+                        format!("epoch {k} does not exist: the loop has {epochs}"),
+                    ));
+                    return None;
+                }
+                Some(k)
+            }
+        };
+        match e {
+            Some(e) => Some(e),
+            None => {
+                // The first epoch's `prev`: the `first` fallback, or nothing.
+                return match &inp.first {
+                    Some(f) => {
+                        let fake = InputSpec {
+                            port: inp.port.clone(),
+                            port_loc: inp.port_loc,
+                            source: f.clone(),
+                            epoch: EpochSel::Same,
+                            first: None,
+                        };
+                        let outer = Draft {
+                            spec: d.spec,
+                            epoch: None,
+                            configured: d.configured.clone(),
+                        };
+                        resolve(
+                            &fake, &outer, port, epochs, by_name, configured, index, diags,
+                        )
+                    }
+                    None if port.optional => Some(None),
+                    None => {
+                        diags.push(
+                            Diagnostic::new(
+                                src.loc,
+                                format!(
+                                    "in epoch 1, input `{}` of `{}` has no previous epoch to read",
+                                    inp.port, d.spec.name
+                                ),
+                            )
+                            .hint("add `first: stage.output` to say what epoch 1 reads"),
+                        );
+                        None
+                    }
+                };
+            }
+        }
+    } else {
+        if inp.epoch != EpochSel::Same {
+            diags.push(
+                Diagnostic::new(
+                    src.loc,
+                    format!("stage `{}` is not in the loop; it has no epochs", src.stage),
+                )
+                .hint("drop the epoch selector"),
+            );
+            return None;
+        }
+        None
+    };
+    let i = *index.get(&(src.stage.clone(), epoch))?;
+    Some(Some((i, src.output.clone())))
+}
+
+fn candidates(
+    port: &Port,
+    by_name: &HashMap<&str, &StageSpec>,
+    configured: &HashMap<&str, Arc<dyn Configured>>,
+) -> String {
+    let mut c: Vec<String> = configured
+        .iter()
+        .flat_map(|(name, conf)| {
+            conf.outputs()
+                .into_iter()
+                .filter(|o| o.ty == port.ty && o.mode == port.mode)
+                .map(move |o| format!("{name}.{}", o.name))
+        })
+        .filter(|s| by_name.contains_key(s.split('.').next().unwrap_or("")))
+        .collect();
+    c.sort();
+    if c.is_empty() {
+        format!(
+            "no stage here produces {} `{}`",
+            mode_name(port.mode),
+            port.ty
+        )
+    } else {
+        format!("outputs of that type: {}", c.join(", "))
+    }
+}
+
+fn sorted(mut v: Vec<&str>) -> Vec<&str> {
+    v.sort();
+    v
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Stream => "stream",
+        Mode::Artifact => "artifact",
+    }
+}
+
+fn node_name(d: &Draft) -> String {
+    match d.epoch {
+        Some(e) => format!("{}@{e}", d.spec.name),
+        None => d.spec.name.clone(),
+    }
+}
+
+/// Kahn's algorithm; on a cycle, returns the nodes of one cycle.
+fn topo_order(inputs: &[Vec<PlanInput>], n: usize) -> Result<Vec<usize>, Vec<usize>> {
+    let mut indeg = vec![0usize; n];
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (c, ins) in inputs.iter().enumerate() {
+        for (p, _) in ins.iter().filter_map(|i| i.source.as_ref()) {
+            indeg[c] += 1;
+            out[*p].push(c);
+        }
+    }
+    let mut q: VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = q.pop_front() {
+        order.push(i);
+        for &c in &out[i] {
+            indeg[c] -= 1;
+            if indeg[c] == 0 {
+                q.push_back(c);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk backwards along unfinished inputs until a node repeats.
+    let mut cur = (0..n).find(|&i| indeg[i] > 0).expect("a node is left");
+    let mut seen: Vec<usize> = Vec::new();
+    loop {
+        if let Some(pos) = seen.iter().position(|&s| s == cur) {
+            let mut cyc = seen[pos..].to_vec();
+            cyc.reverse();
+            return Err(cyc);
+        }
+        seen.push(cur);
+        cur = inputs[cur]
+            .iter()
+            .filter_map(|i| i.source.as_ref())
+            .map(|s| s.0)
+            .find(|&p| indeg[p] > 0)
+            .expect("a node in a cycle has an unfinished input");
+    }
+}
+
+/// A stream edge P -> C deadlocks on bounded channels if C also waits for an artifact that
+/// needs P to finish first (P blocks on C's full channel; C never starts).
+fn check_streams(drafts: &[Draft], inputs: &[Vec<PlanInput>], diags: &mut Diagnostics) {
+    let n = drafts.len();
+    let mut out: Vec<Vec<(usize, Mode)>> = vec![Vec::new(); n];
+    for (c, ins) in inputs.iter().enumerate() {
+        for i in ins {
+            if let Some((p, _)) = &i.source {
+                out[*p].push((c, i.port.mode));
+            }
+        }
+    }
+    for (c, ins) in inputs.iter().enumerate() {
+        for i in ins.iter().filter(|i| i.port.mode == Mode::Stream) {
+            let Some((p, out_name)) = &i.source else {
+                continue;
+            };
+            // Search from P for C over paths that cross at least one artifact edge.
+            let mut seen = vec![[false; 2]; n];
+            let mut stack = vec![(*p, false)];
+            while let Some((v, crossed)) = stack.pop() {
+                for &(w, mode) in &out[v] {
+                    let cr = crossed || mode == Mode::Artifact;
+                    if w == c && cr {
+                        diags.push(
+                            Diagnostic::new(
+                                drafts[c].spec.name_loc,
+                                format!(
+                                    "stream `{}.{}` into `{}` would deadlock: `{}` also waits for an artifact that needs `{}` to finish",
+                                    drafts[*p].spec.name, out_name, drafts[c].spec.name, drafts[c].spec.name, drafts[*p].spec.name
+                                ),
+                            )
+                            .hint("read that data as an artifact instead of a stream, or split the stage"),
+                        );
+                        stack.clear();
+                        break;
+                    }
+                    if !seen[w][cr as usize] {
+                        seen[w][cr as usize] = true;
+                        stack.push((w, cr));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// YAML as JSON for cache keys (scalars typed the YAML 1.2 core way).
+pub fn node_to_json(node: &Node) -> serde_json::Value {
+    match node {
+        Node::Scalar(s) => {
+            let t = s.as_str();
+            match t {
+                "true" => true.into(),
+                "false" => false.into(),
+                "null" | "~" => serde_json::Value::Null,
+                _ => t
+                    .parse::<i64>()
+                    .map(Into::into)
+                    .or_else(|_| t.parse::<f64>().map(Into::into))
+                    .unwrap_or_else(|_| t.into()),
+            }
+        }
+        Node::Sequence(s) => s.iter().map(node_to_json).collect(),
+        Node::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    }
+}

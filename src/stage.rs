@@ -1,0 +1,273 @@
+//! The plugin interface: one `Stage` impl per stage kind, registered in one `Registry`.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use marked_yaml::Node;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::diag::{suggest, Diagnostic, Loc};
+use crate::error::StageError;
+
+/// How data crosses an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Items flow over a bounded channel while both stages run; nothing is stored.
+    Stream,
+    /// A committed, content-addressed artifact in the store; read after its producer ends.
+    Artifact,
+}
+
+/// A named input or output of a stage, with its data type (a free name: plugins may add
+/// types; an edge is valid when both ends name the same type and mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub mode: Mode,
+    pub optional: bool,
+}
+
+impl Port {
+    pub const fn stream(name: &'static str, ty: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            mode: Mode::Stream,
+            optional: false,
+        }
+    }
+    pub const fn artifact(name: &'static str, ty: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            mode: Mode::Artifact,
+            optional: false,
+        }
+    }
+    pub const fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+}
+
+/// A bad parameter value, named by its field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One stage kind. Params come from the YAML `params:` mapping (absent fields take their
+/// `Default`); their serialised form, the kind and `VERSION` go into the cache key, so bump
+/// `VERSION` whenever a change to `run` changes what it writes.
+pub trait Stage: Send + Sized + 'static {
+    type Params: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
+    const KIND: &'static str;
+    const VERSION: u32;
+    const DESCRIPTION: &'static str;
+
+    fn inputs(params: &Self::Params) -> Vec<Port>;
+    fn outputs(params: &Self::Params) -> Vec<Port>;
+    /// Every bad value at once; the plan reports them with their YAML places.
+    fn validate(_params: &Self::Params) -> Vec<ParamError> {
+        Vec::new()
+    }
+    /// Stages that read the pipeline's `dataset:` section get it in their cache key.
+    fn reads_dataset() -> bool {
+        false
+    }
+    fn new(params: Self::Params) -> Self;
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
+}
+
+/// A stage kind with its type erased, as the registry holds it.
+pub trait Kind: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn description(&self) -> &'static str;
+    fn reads_dataset(&self) -> bool;
+    /// Parses and validates `params:`; errors carry their YAML places.
+    fn configure(
+        &self,
+        params: Option<&Node>,
+        at: Loc,
+    ) -> Result<Arc<dyn Configured>, Vec<Diagnostic>>;
+}
+
+/// A stage kind with validated params.
+pub trait Configured: Send + Sync {
+    /// Canonical params (defaults filled in, keys sorted) for the cache key.
+    fn canonical(&self) -> serde_json::Value;
+    fn inputs(&self) -> Vec<Port>;
+    fn outputs(&self) -> Vec<Port>;
+    fn instantiate(&self) -> Box<dyn Runnable>;
+}
+
+pub trait Runnable: Send {
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
+}
+
+impl<S: Stage> Runnable for S {
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        Stage::run(self, ctx)
+    }
+}
+
+struct KindOf<S>(PhantomData<fn() -> S>);
+
+struct ConfiguredOf<S: Stage> {
+    params: S::Params,
+    canonical: serde_json::Value,
+}
+
+impl<S: Stage> Configured for ConfiguredOf<S> {
+    fn canonical(&self) -> serde_json::Value {
+        self.canonical.clone()
+    }
+    fn inputs(&self) -> Vec<Port> {
+        S::inputs(&self.params)
+    }
+    fn outputs(&self) -> Vec<Port> {
+        S::outputs(&self.params)
+    }
+    fn instantiate(&self) -> Box<dyn Runnable> {
+        Box::new(S::new(self.params.clone()))
+    }
+}
+
+impl<S: Stage> Kind for KindOf<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+    fn description(&self) -> &'static str {
+        S::DESCRIPTION
+    }
+    fn reads_dataset(&self) -> bool {
+        S::reads_dataset()
+    }
+
+    fn configure(
+        &self,
+        params: Option<&Node>,
+        at: Loc,
+    ) -> Result<Arc<dyn Configured>, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let map = params.and_then(Node::as_mapping);
+        let params: S::Params = match map {
+            None => S::Params::default(),
+            Some(map) => {
+                // serde stops at the first unknown field; list them all instead, against
+                // the field names of the default value.
+                let known: Vec<String> = match serde_json::to_value(S::Params::default()) {
+                    Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                let mut clean = map.clone();
+                for key in map.keys() {
+                    if !known.contains(&key.as_str()) {
+                        let hint = if known.is_empty() {
+                            format!("`{}` takes no params", S::KIND)
+                        } else {
+                            suggest(key.as_str(), &known, "params")
+                        };
+                        diags.push(
+                            Diagnostic::new(
+                                Loc::of(key.span()),
+                                format!("unknown param `{}` for kind `{}`", key.as_str(), S::KIND),
+                            )
+                            .hint(hint),
+                        );
+                        clean.remove(key.as_str());
+                    }
+                }
+                match marked_yaml::from_node::<S::Params>(&Node::Mapping(clean)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let loc = e
+                            .start_mark()
+                            .map(|m| Loc {
+                                line: m.line(),
+                                column: m.column(),
+                            })
+                            .unwrap_or(Loc::of(map.span()));
+                        diags.push(Diagnostic::new(
+                            loc,
+                            format!("bad params for kind `{}`: {}", S::KIND, e.into_inner()),
+                        ));
+                        return Err(diags);
+                    }
+                }
+            }
+        };
+        for e in S::validate(&params) {
+            let loc = map
+                .and_then(|m| m.get_node(e.field.as_str()))
+                .map(|n| Loc::of(n.span()))
+                .or(map.map(|m| Loc::of(m.span())))
+                .unwrap_or(at);
+            diags.push(Diagnostic::new(
+                loc,
+                format!("bad value for `{}`: {}", e.field, e.message),
+            ));
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let canonical = serde_json::to_value(&params).map_err(|e| {
+            vec![Diagnostic::new(
+                at,
+                format!("params of `{}` do not serialise: {e}", S::KIND),
+            )]
+        })?;
+        Ok(Arc::new(ConfiguredOf::<S> { params, canonical }))
+    }
+}
+
+/// The stage kinds a pipeline may use.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a kind; a later registration of the same name replaces the earlier one.
+    pub fn register<S: Stage>(&mut self) -> &mut Self {
+        self.kinds
+            .insert(S::KIND, Arc::new(KindOf::<S>(PhantomData)));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds.get(kind)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn Kind>> {
+        self.kinds.values()
+    }
+}

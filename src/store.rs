@@ -1,0 +1,470 @@
+//! The content-addressed artifact store.
+//!
+//! ```text
+//! STORE/LOCK                      held (flock) by the one run writing to this store
+//! STORE/objects/ab/abcd…/         one committed artifact: its files + manifest.json
+//! STORE/tmp/                      artifacts being written (cleaned at the next run)
+//! STORE/runs/NAME/latest.json     what a run's nodes map to, for gc, inspect and report
+//! ```
+//! A commit writes into tmp/, fsyncs every file and the manifest, then renames the folder
+//! into objects/: a crash leaves either the old state or the new one, never half of it.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{Artifact, ArtifactWriter, FileEntry, Format, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("artifact store {root}: I/O error on {path}: {source}")]
+    Io {
+        root: PathBuf,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("artifact store {root} is in use by another picie run ({holder}); wait for it to finish, or use another `store:`")]
+    Locked { root: PathBuf, holder: String },
+    #[error("no artifact in {root} has a key starting with `{prefix}`")]
+    NotFound { root: PathBuf, prefix: String },
+    #[error("`{prefix}` matches {count} artifacts in {root}; give more of the key")]
+    Ambiguous {
+        root: PathBuf,
+        prefix: String,
+        count: usize,
+    },
+    #[error("{path}: {message}")]
+    Bad { path: PathBuf, message: String },
+}
+
+/// What a lookup found under a key.
+#[derive(Debug)]
+pub enum Lookup {
+    Valid(Box<Artifact>),
+    Missing,
+    /// Present but unusable (truncated, altered, unreadable manifest): the reason.
+    Corrupt(String),
+}
+
+/// A listed artifact, or its folder and why its manifest could not be read.
+pub type Listed = Result<Artifact, (PathBuf, String)>;
+
+pub struct Store {
+    root: PathBuf,
+    commit_lock: Mutex<()>,
+    counter: AtomicU64,
+}
+
+/// Exclusive use of a store for one run; released on drop or when the process dies.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            root: root.to_path_buf(),
+            commit_lock: Mutex::new(()),
+            counter: AtomicU64::new(0),
+        };
+        for d in ["objects", "tmp", "runs"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| store.io(&p, e))?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn io(&self, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            root: self.root.clone(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Takes the store for one run, or says who holds it.
+    pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("LOCK");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(StoreError::Locked {
+                    root: self.root.clone(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(self.io(&path, e)),
+        }
+        let info = format!("pid {}, {what}, since {}", std::process::id(), now());
+        file.set_len(0).map_err(|e| self.io(&path, e))?;
+        file.write_all(info.as_bytes())
+            .map_err(|e| self.io(&path, e))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Removes what an interrupted run left half-written. Call with the lock held.
+    pub fn clean_tmp(&self, _lock: &StoreLock) -> Result<usize, StoreError> {
+        let tmp = self.root.join("tmp");
+        let mut n = 0;
+        for e in fs::read_dir(&tmp).map_err(|e| self.io(&tmp, e))? {
+            let p = e.map_err(|e| self.io(&tmp, e))?.path();
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.map_err(|e| self.io(&p, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn object_dir(&self, key: &str) -> PathBuf {
+        self.root.join("objects").join(&key[..2]).join(key)
+    }
+
+    /// Finds an artifact and verifies every file against its manifest checksum.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let dir = self.object_dir(key);
+        if !dir.exists() {
+            return Lookup::Missing;
+        }
+        match self.verify(&dir, key) {
+            Ok(a) => Lookup::Valid(Box::new(a)),
+            Err(reason) => Lookup::Corrupt(reason),
+        }
+    }
+
+    fn verify(&self, dir: &Path, key: &str) -> Result<Artifact, String> {
+        let mpath = dir.join("manifest.json");
+        let text = fs::read_to_string(&mpath).map_err(|e| format!("manifest.json: {e}"))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| format!("manifest.json: {e}"))?;
+        if manifest.key != key {
+            return Err(format!("manifest.json names key {}", manifest.key));
+        }
+        for f in &manifest.files {
+            let p = dir.join(&f.name);
+            let len = fs::metadata(&p)
+                .map_err(|e| format!("{}: {e}", f.name))?
+                .len();
+            if len != f.bytes {
+                return Err(format!(
+                    "{} is {len} bytes, the manifest says {}",
+                    f.name, f.bytes
+                ));
+            }
+            let sum = checksum(&p).map_err(|e| format!("{}: {e}", f.name))?;
+            if sum != f.blake3 {
+                return Err(format!("{} does not match its checksum", f.name));
+            }
+        }
+        Ok(Artifact {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// A writer for a new artifact, in a private folder under tmp/.
+    pub fn begin(&self, key: &str) -> Result<ArtifactWriter, StoreError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{key}.{}.{n}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
+        Ok(ArtifactWriter::new(dir))
+    }
+
+    /// Checksums, fsyncs and renames a finished writer into place. An artifact already
+    /// under the key (a forced re-run, or a corrupt one) is replaced only after the new one
+    /// is complete on disk.
+    pub fn commit(
+        &self,
+        mut writer: ArtifactWriter,
+        mut manifest: Manifest,
+    ) -> Result<Artifact, crate::error::StageError> {
+        writer.finish()?;
+        let dir = writer.dir.clone();
+        let mut files = Vec::new();
+        for (name, format, rows) in &writer.files {
+            let p = dir.join(name);
+            let f = File::open(&p).map_err(|e| self.io(&p, e))?;
+            f.sync_all().map_err(|e| self.io(&p, e))?;
+            let bytes = f.metadata().map_err(|e| self.io(&p, e))?.len();
+            files.push(FileEntry {
+                name: name.clone(),
+                format: *format,
+                bytes,
+                rows: *rows,
+                blake3: checksum(&p).map_err(|e| self.io(&p, e))?,
+            });
+        }
+        manifest.rows = files
+            .iter()
+            .filter(|f| f.format != Format::File)
+            .map(|f| f.rows)
+            .sum();
+        manifest.files = files;
+        manifest.schema = writer
+            .schema()
+            .map(|s| {
+                s.fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        manifest.meta = std::mem::take(&mut writer.meta);
+        let mpath = dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        write_synced(&mpath, text.as_bytes()).map_err(|e| self.io(&mpath, e))?;
+        sync_dir(&dir).map_err(|e| self.io(&dir, e))?;
+
+        let target = self.object_dir(&manifest.key);
+        let parent = target.parent().expect("object dirs have a parent");
+        let _g = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        fs::create_dir_all(parent).map_err(|e| self.io(parent, e))?;
+        let old = if target.exists() {
+            let old = self.root.join("tmp").join(format!(
+                "{}.replaced.{}",
+                manifest.key,
+                self.counter.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::rename(&target, &old).map_err(|e| self.io(&target, e))?;
+            Some(old)
+        } else {
+            None
+        };
+        fs::rename(&dir, &target).map_err(|e| self.io(&target, e))?;
+        sync_dir(parent).map_err(|e| self.io(parent, e))?;
+        if let Some(old) = old {
+            let _ = fs::remove_dir_all(old);
+        }
+        Ok(Artifact {
+            dir: target,
+            manifest,
+        })
+    }
+
+    /// Deletes a corrupt artifact so that it is recomputed.
+    pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        let dir = self.object_dir(key);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(&dir, e)),
+        }
+    }
+
+    /// Every artifact's folder and manifest (unverified; unreadable manifests are skipped
+    /// with their reason).
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let objects = self.root.join("objects");
+        let mut out = Vec::new();
+        let mut shards: Vec<_> = fs::read_dir(&objects)
+            .map_err(|e| self.io(&objects, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        shards.sort();
+        for shard in shards {
+            let mut dirs: Vec<_> = fs::read_dir(&shard)
+                .map_err(|e| self.io(&shard, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            dirs.sort();
+            for dir in dirs {
+                let m = dir.join("manifest.json");
+                let r = fs::read_to_string(&m)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str::<Manifest>(&t).map_err(|e| e.to_string()));
+                out.push(match r {
+                    Ok(manifest) => Ok(Artifact { dir, manifest }),
+                    Err(e) => Err((dir, e)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The artifact whose key starts with `prefix`, verified.
+    pub fn find(&self, prefix: &str) -> Result<Artifact, StoreError> {
+        let matches: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(a) => Some(a.manifest.key),
+                Err((dir, _)) => dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            })
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        match matches.len() {
+            0 => Err(StoreError::NotFound {
+                root: self.root.clone(),
+                prefix: prefix.to_string(),
+            }),
+            1 => match self.lookup(&matches[0]) {
+                Lookup::Valid(a) => Ok(*a),
+                Lookup::Missing => Err(StoreError::NotFound {
+                    root: self.root.clone(),
+                    prefix: prefix.to_string(),
+                }),
+                Lookup::Corrupt(why) => Err(StoreError::Bad {
+                    path: self.object_dir(&matches[0]),
+                    message: format!("corrupt artifact: {why}"),
+                }),
+            },
+            count => Err(StoreError::Ambiguous {
+                root: self.root.clone(),
+                prefix: prefix.to_string(),
+                count,
+            }),
+        }
+    }
+
+    pub fn write_run_record(&self, record: &RunRecord) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("runs").join(&record.name);
+        fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
+        let path = dir.join("latest.json");
+        let tmp = dir.join("latest.json.tmp");
+        let text = serde_json::to_string_pretty(record).expect("run record serialises");
+        write_synced(&tmp, text.as_bytes()).map_err(|e| self.io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))?;
+        Ok(path)
+    }
+
+    pub fn run_records(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let runs = self.root.join("runs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&runs).map_err(|e| self.io(&runs, e))? {
+            let p = e.map_err(|e| self.io(&runs, e))?.path().join("latest.json");
+            if let Ok(text) = fs::read_to_string(&p) {
+                let r: RunRecord = serde_json::from_str(&text).map_err(|e| StoreError::Bad {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes artifacts that no run's latest record refers to, and leftovers in tmp/.
+    pub fn gc(&self, lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
+        let keep: std::collections::HashSet<String> = self
+            .run_records()?
+            .into_iter()
+            .flat_map(|r| r.nodes.into_iter().flat_map(|n| n.outputs.into_values()))
+            .collect();
+        let mut report = GcReport::default();
+        for a in self.list()? {
+            let (dir, key) = match &a {
+                Ok(a) => (a.dir.clone(), a.manifest.key.clone()),
+                Err((dir, _)) => (dir.clone(), String::new()),
+            };
+            if keep.contains(&key) {
+                report.kept += 1;
+                continue;
+            }
+            report.removed += 1;
+            report.bytes += dir_size(&dir);
+            if !dry_run {
+                fs::remove_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
+            }
+        }
+        if !dry_run {
+            report.tmp_removed = self.clean_tmp(lock)?;
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcReport {
+    pub kept: usize,
+    pub removed: usize,
+    pub bytes: u64,
+    pub tmp_removed: usize,
+}
+
+/// What one `picie run` planned and did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub name: String,
+    pub pipeline: PathBuf,
+    pub started: String,
+    pub finished: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub device: String,
+    pub nodes: Vec<NodeRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub stage: String,
+    pub kind: String,
+    pub epoch: Option<u32>,
+    pub status: String,
+    pub seconds: f64,
+    /// Output name -> artifact key (artifact outputs only).
+    pub outputs: std::collections::BTreeMap<String, String>,
+}
+
+pub fn checksum(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(File::open(path)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC timestamp.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

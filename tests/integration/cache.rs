@@ -1,0 +1,244 @@
+//! The content-addressed store: hits, misses, corruption, the lock, and a killed writer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use picie::exec::Outcome;
+use picie::store::StoreError;
+use picie::Error;
+
+use crate::common::{ran, Fixture, HEADER};
+
+fn pipeline(count: u64, factor: u64) -> String {
+    format!(
+        "{HEADER}stages:
+  - name: src
+    kind: numbers
+    params: {{count: {count}}}
+  - name: x
+    kind: scale
+    params: {{factor: {factor}}}
+    inputs: {{numbers: src.numbers}}
+  - name: s
+    kind: sum
+    inputs: {{numbers: x.numbers}}
+  - name: a
+    kind: acc
+    inputs: {{base: src.table}}
+"
+    )
+}
+
+#[test]
+fn a_second_run_is_all_cached() {
+    let f = Fixture::new();
+    let (_, r1) = f.run(&pipeline(10, 2)).unwrap();
+    assert_eq!(ran(&r1), ["a", "s", "src", "x"]);
+    let (plan, r2) = f.run(&pipeline(10, 2)).unwrap();
+    assert!(ran(&r2).is_empty(), "{:?}", r2.nodes);
+    // The pure stream stage has nothing to cache and need not run.
+    assert_eq!(r2.nodes[plan.index_of("x").unwrap()].1, Outcome::NotNeeded);
+    assert_eq!(f.values(&plan, "s", "total"), vec![90]);
+}
+
+#[test]
+fn a_param_change_reruns_that_stage_and_what_depends_on_it() {
+    let f = Fixture::new();
+    let (p1, _) = f.run(&pipeline(10, 2)).unwrap();
+    let (p2, r) = f.run(&pipeline(10, 3)).unwrap();
+    // x is a stream stage: re-running s needs src's stream, so src runs again too (its
+    // artifact is rewritten with the same content); `a` stays cached.
+    assert_eq!(ran(&r), ["s", "src", "x"]);
+    assert_eq!(f.values(&p2, "s", "total"), vec![135]);
+    let key = |p: &picie::Plan, n: &str| p.nodes[p.index_of(n).unwrap()].key.clone();
+    assert_eq!(key(&p1, "src"), key(&p2, "src"));
+    assert_ne!(key(&p1, "x"), key(&p2, "x"));
+    assert_ne!(
+        key(&p1, "s"),
+        key(&p2, "s"),
+        "a changed input changes the key downstream"
+    );
+    assert_eq!(key(&p1, "a"), key(&p2, "a"));
+}
+
+#[test]
+fn an_upstream_change_misses_downstream() {
+    let f = Fixture::new();
+    f.run(&pipeline(10, 2)).unwrap();
+    let (plan, r) = f.run(&pipeline(12, 2)).unwrap();
+    assert_eq!(ran(&r), ["a", "s", "src", "x"]);
+    assert_eq!(f.values(&plan, "a", "total"), vec![66]);
+}
+
+#[test]
+fn defaults_written_out_keep_the_key() {
+    let f = Fixture::new();
+    let p1 = f.plan(&pipeline(10, 2)).unwrap();
+    let explicit = pipeline(10, 2).replace("{count: 10}", "{count: 10, batch: 3, start: 0}");
+    let p2 = f.plan(&explicit).unwrap();
+    assert_eq!(p1.nodes[0].key, p2.nodes[0].key);
+}
+
+fn artifact_dir(f: &Fixture, plan: &picie::Plan, node: &str, out: &str) -> PathBuf {
+    let key = &plan.nodes[plan.index_of(node).unwrap()].output_keys[out];
+    f.dir.path().join("store/objects").join(&key[..2]).join(key)
+}
+
+#[test]
+fn a_corrupt_artifact_is_detected_and_recomputed() {
+    let f = Fixture::new();
+    let (plan, _) = f.run(&pipeline(10, 2)).unwrap();
+    let dir = artifact_dir(&f, &plan, "a", "total");
+    let part = dir.join("part-00000.parquet");
+    let good = std::fs::read(&part).unwrap();
+    // Flip one byte in the middle: same size, wrong checksum.
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&part, &bad).unwrap();
+    match f
+        .store()
+        .lookup(&plan.nodes[plan.index_of("a").unwrap()].output_keys["total"])
+    {
+        picie::store::Lookup::Corrupt(why) => assert!(why.contains("checksum"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let (_, r) = f.run(&pipeline(10, 2)).unwrap();
+    assert_eq!(ran(&r), ["a"]);
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        good,
+        "recomputed bit for bit"
+    );
+
+    // Truncation, and a lost manifest, too.
+    std::fs::write(&part, &good[..good.len() / 3]).unwrap();
+    let (_, r) = f.run(&pipeline(10, 2)).unwrap();
+    assert_eq!(ran(&r), ["a"]);
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    let (_, r) = f.run(&pipeline(10, 2)).unwrap();
+    assert_eq!(ran(&r), ["a"]);
+    assert_eq!(f.values(&plan, "a", "total"), vec![45]);
+}
+
+#[test]
+fn a_second_run_on_a_locked_store_is_refused() {
+    let f = Fixture::new();
+    f.write(&pipeline(10, 2));
+    let store = f.store();
+    let _held = store.lock("another run").unwrap();
+    let err = f.run(&pipeline(10, 2)).unwrap_err();
+    match &err {
+        Error::Store(StoreError::Locked { holder, .. }) => {
+            assert!(holder.contains("another run"), "{holder}")
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        err.to_string().contains("is in use by another picie run"),
+        "{err}"
+    );
+}
+
+fn slow_pipeline(delay_ms: u64) -> String {
+    format!(
+        "{HEADER}stages:
+  - name: fast
+    kind: numbers
+    params: {{count: 20}}
+  - name: slow
+    kind: slow
+    params: {{batches: 40, rows: 5000, delay_ms: {delay_ms}}}
+  - name: after
+    kind: acc
+    inputs: {{base: slow.table}}
+"
+    )
+}
+
+/// Not a test on its own: the body the SIGKILL test runs in a child process.
+#[test]
+fn sigkill_child_entry() {
+    let Ok(dir) = std::env::var("PICIE_TEST_CHILD_DIR") else {
+        return;
+    };
+    let path = Path::new(&dir).join("pipeline.yaml");
+    let plan = picie::Plan::load(&path, &crate::common::registry()).unwrap();
+    let store = picie::Store::open(&plan.spec.store).unwrap();
+    picie::run(&plan, &store, &Default::default()).unwrap();
+}
+
+fn tmp_has_part(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("store/tmp"))
+        .map(|it| {
+            it.filter_map(|e| e.ok()).any(|e| {
+                std::fs::read_dir(e.path())
+                    .map(|d| {
+                        d.filter_map(|x| x.ok())
+                            .any(|x| x.path().extension().is_some_and(|e| e == "parquet"))
+                    })
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
+    let f = Fixture::new();
+    f.write(&slow_pipeline(25));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cache::sigkill_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PICIE_TEST_CHILD_DIR", f.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !tmp_has_part(f.dir.path()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the child never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SIGKILL: no destructor, no unwinding.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        tmp_has_part(f.dir.path()),
+        "a half-written artifact is left behind"
+    );
+
+    let (plan, r) = f.run(&slow_pipeline(25)).unwrap_or_else(|e| panic!("{e}"));
+    // `fast` had committed before the kill and is reused; the slow writer starts over.
+    assert!(!ran(&r).contains(&"fast".to_string()), "{:?}", r.nodes);
+    assert!(ran(&r).contains(&"slow".to_string()));
+    assert!(!tmp_has_part(f.dir.path()));
+
+    let clean = Fixture::new();
+    let (clean_plan, _) = clean.run(&slow_pipeline(25)).unwrap();
+    for (node, out) in [("fast", "table"), ("slow", "table"), ("after", "total")] {
+        let a = std::fs::read(artifact_dir(&f, &plan, node, out).join("manifest.json")).unwrap();
+        let b = std::fs::read(artifact_dir(&clean, &clean_plan, node, out).join("manifest.json"))
+            .unwrap();
+        let files =
+            |m: &[u8]| serde_json::from_slice::<serde_json::Value>(m).unwrap()["files"].clone();
+        assert_eq!(
+            files(&a),
+            files(&b),
+            "{node}.{out} differs from an uninterrupted run"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The one integration test binary (ripgrep style): modules by area.
+
+mod common;
+
+mod cache;
+mod executor;
+mod spec_errors;
