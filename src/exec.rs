@@ -274,17 +274,24 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
         let mut live = 0usize;
         loop {
             if cancel_tx.is_some() {
-                for i in 0..n {
-                    if !running[i] || started_nodes[i] {
-                        continue;
-                    }
-                    let ready = plan.nodes[i].inputs.iter().all(|inp| match &inp.source {
+                // A stream-connected group starts as a whole once every artifact its members
+                // read is committed: no producer fills channels that nobody reads yet.
+                let waiting = |i: usize| {
+                    plan.nodes[i].inputs.iter().any(|inp| match &inp.source {
                         Some((p, _)) if inp.port.mode == Mode::Artifact && running[*p] => {
-                            finished[*p]
+                            !finished[*p]
                         }
-                        _ => true,
-                    });
-                    if !ready {
+                        _ => false,
+                    })
+                };
+                let mut group_waits = vec![false; n];
+                for i in (0..n).filter(|&i| running[i] && !started_nodes[i]) {
+                    if waiting(i) {
+                        group_waits[plan.nodes[i].group] = true;
+                    }
+                }
+                for i in 0..n {
+                    if !running[i] || started_nodes[i] || group_waits[plan.nodes[i].group] {
                         continue;
                     }
                     started_nodes[i] = true;

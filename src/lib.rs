@@ -13,6 +13,7 @@ pub mod diag;
 pub mod error;
 pub mod exec;
 pub mod metrics;
+pub mod model;
 pub mod plan;
 pub mod spec;
 pub mod stage;

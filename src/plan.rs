@@ -31,6 +31,8 @@ pub struct PlanNode {
     pub outputs: Vec<Port>,
     pub dataset: Option<Arc<Node>>,
     pub key: String,
+    /// Stream-connected group (an index into `nodes`): a group's stages start together.
+    pub group: usize,
     /// Output name -> key (stream outputs too: downstream keys are built from them).
     pub output_keys: BTreeMap<String, String>,
     pub provenance: serde_json::Value,
@@ -329,7 +331,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             return None;
         }
     };
-    check_streams(&drafts, &inputs, diags);
+    let groups = check_streams(&drafts, &inputs, diags);
     if !diags.is_empty() {
         return None;
     }
@@ -402,6 +404,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 None
             },
             key,
+            group: new_index[groups[i]],
             output_keys,
             provenance,
         });
@@ -651,51 +654,88 @@ fn topo_order(inputs: &[Vec<PlanInput>], n: usize) -> Result<Vec<usize>, Vec<usi
     }
 }
 
-/// A stream edge P -> C deadlocks on bounded channels if C also waits for an artifact that
-/// needs P to finish first (P blocks on C's full channel; C never starts).
-fn check_streams(drafts: &[Draft], inputs: &[Vec<PlanInput>], diags: &mut Diagnostics) {
+/// Stages joined by streams must run at the same time (a producer cannot finish before its
+/// consumers have read everything), so each stream-connected group is one unit: the plan
+/// is rejected when an artifact edge runs inside a group, or when artifact edges between
+/// groups form a cycle (a group would wait for itself). Returns each node's group.
+fn check_streams(drafts: &[Draft], inputs: &[Vec<PlanInput>], diags: &mut Diagnostics) -> Vec<usize> {
     let n = drafts.len();
-    let mut out: Vec<Vec<(usize, Mode)>> = vec![Vec::new(); n];
+    let group = stream_groups(inputs, n);
+    // Artifact edges between groups.
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (c, ins) in inputs.iter().enumerate() {
-        for i in ins {
-            if let Some((p, _)) = &i.source {
-                out[*p].push((c, i.port.mode));
+        for i in ins.iter().filter(|i| i.port.mode == Mode::Artifact) {
+            if let Some((p, out)) = &i.source {
+                if group[*p] == group[c] {
+                    diags.push(
+                        Diagnostic::new(
+                            drafts[c].spec.name_loc,
+                            format!(
+                                "`{}` reads artifact `{}.{out}` but also shares a stream with `{}`; stages joined by streams run at the same time, so it would wait forever",
+                                drafts[c].spec.name, drafts[*p].spec.name, drafts[*p].spec.name
+                            ),
+                        )
+                        .hint("read that data as an artifact instead of a stream, or split the stage"),
+                    );
+                } else {
+                    next[group[*p]].push(group[c]);
+                }
             }
         }
     }
     for (c, ins) in inputs.iter().enumerate() {
         for i in ins.iter().filter(|i| i.port.mode == Mode::Stream) {
-            let Some((p, out_name)) = &i.source else {
-                continue;
-            };
-            // Search from P for C over paths that cross at least one artifact edge.
-            let mut seen = vec![[false; 2]; n];
-            let mut stack = vec![(*p, false)];
-            while let Some((v, crossed)) = stack.pop() {
-                for &(w, mode) in &out[v] {
-                    let cr = crossed || mode == Mode::Artifact;
-                    if w == c && cr {
-                        diags.push(
-                            Diagnostic::new(
-                                drafts[c].spec.name_loc,
-                                format!(
-                                    "stream `{}.{}` into `{}` would deadlock: `{}` also waits for an artifact that needs `{}` to finish",
-                                    drafts[*p].spec.name, out_name, drafts[c].spec.name, drafts[c].spec.name, drafts[*p].spec.name
-                                ),
-                            )
-                            .hint("read that data as an artifact instead of a stream, or split the stage"),
-                        );
-                        stack.clear();
-                        break;
-                    }
-                    if !seen[w][cr as usize] {
-                        seen[w][cr as usize] = true;
-                        stack.push((w, cr));
-                    }
+            let Some((p, out_name)) = &i.source else { continue };
+            // Can the group reach itself again through artifact edges?
+            let g = group[c];
+            let mut seen = vec![false; n];
+            let mut stack = next[g].clone();
+            let mut cyclic = false;
+            while let Some(h) = stack.pop() {
+                if h == g {
+                    cyclic = true;
+                    break;
                 }
+                if !std::mem::replace(&mut seen[h], true) {
+                    stack.extend(next[h].iter().copied());
+                }
+            }
+            if cyclic {
+                diags.push(
+                    Diagnostic::new(
+                        drafts[c].spec.name_loc,
+                        format!(
+                            "stream `{}.{}` into `{}` would deadlock: `{}` also waits for an artifact that needs `{}` to finish",
+                            drafts[*p].spec.name, out_name, drafts[c].spec.name, drafts[c].spec.name, drafts[*p].spec.name
+                        ),
+                    )
+                    .hint("read that data as an artifact instead of a stream, or split the stage"),
+                );
             }
         }
     }
+    group
+}
+
+/// Connected components over stream edges (union-find); each id is its smallest member.
+fn stream_groups(inputs: &[Vec<PlanInput>], n: usize) -> Vec<usize> {
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    let mut parent: Vec<usize> = (0..n).collect();
+    for (c, ins) in inputs.iter().enumerate() {
+        for i in ins.iter().filter(|i| i.port.mode == Mode::Stream) {
+            if let Some((p, _)) = &i.source {
+                let (a, b) = (find(&mut parent, *p), find(&mut parent, c));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    (0..n).map(|i| find(&mut parent, i)).collect()
 }
 
 fn hash_hex(bytes: &[u8]) -> String {

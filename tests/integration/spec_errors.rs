@@ -270,3 +270,18 @@ stages:
 ";
     Fixture::new().plan(ok).unwrap();
 }
+
+#[test]
+fn an_artifact_inside_a_stream_group_is_rejected() {
+    // `s` would wait for src's table while src waits for `s` to read its stream.
+    let yaml = "name: t
+stages:
+  - name: src
+    kind: numbers
+  - name: s
+    kind: sum
+    inputs: {numbers: src.numbers, offset: src.table}
+";
+    let h = expect(&diags(yaml), "`s` reads artifact `src.table` but also shares a stream with `src`", 5, 11);
+    assert!(h.unwrap().contains("artifact"));
+}
