@@ -1,0 +1,535 @@
+//! PiCIE's network: a torchvision ResNet backbone and the release's minimal FPN decoder,
+//! producing an L2-normalised D-channel feature map at stride 4.
+//!
+//! Variables live under `backbone.*` (torchvision's names) and `decoder.*` (the release's
+//! `layer1..layer4`), so the release's checkpoints and torchvision's weights load by name
+//! (see [`weights`]).
+
+pub mod fpn;
+pub mod resnet;
+pub mod weights;
+
+use std::path::PathBuf;
+
+use tch::{nn, Tensor};
+
+pub use fpn::{FpnConfig, FpnDecoder};
+pub use resnet::{Arch, Features, ResNet, ResNetConfig};
+pub use weights::{KeyMismatch, LoadConfig, LoadReport, Scope, ShapeMismatch};
+
+/// Everything that can go wrong building, running, loading or saving the network.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("bad network input of shape {shape:?}: {reason}")]
+    BadInput { shape: Vec<i64>, reason: String },
+    #[error("invalid network configuration: {0}")]
+    Config(String),
+    #[error("weights from {source_name} do not fit the network:{mismatch}")]
+    Checkpoint {
+        /// The file (or "in-memory tensors").
+        source_name: String,
+        mismatch: Box<KeyMismatch>,
+    },
+    #[error("cannot read weights file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: tch::TchError,
+    },
+    #[error("cannot write weights file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: tch::TchError,
+    },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Network settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetConfig {
+    pub arch: Arch,
+    /// ResNet-50 only: stride on the bottleneck's 1x1 conv (Caffe/Keras style).
+    pub stride_in_1x1: bool,
+    /// Output channels D; `None` = the release's choice (128 for ResNet-18/34, 256 for 50).
+    pub dim: Option<i64>,
+    /// BatchNorm epsilon (1e-5 PyTorch; 1e-3 for Keras-converted weights).
+    pub bn_eps: f64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::ResNet18,
+            stride_in_1x1: false,
+            dim: None,
+            bn_eps: ResNetConfig::default().bn_eps,
+        }
+    }
+}
+
+impl NetConfig {
+    pub fn dim(&self) -> i64 {
+        self.dim.unwrap_or_else(|| self.arch.default_dim())
+    }
+
+    pub fn resnet(&self) -> ResNetConfig {
+        ResNetConfig {
+            arch: self.arch,
+            stride_in_1x1: self.stride_in_1x1,
+            bn_eps: self.bn_eps,
+            ..Default::default()
+        }
+    }
+}
+
+/// Backbone + decoder ("PanopticFPN" in the release).
+#[derive(Debug)]
+pub struct PicieNet {
+    backbone: ResNet,
+    decoder: FpnDecoder,
+}
+
+/// `F.normalize(x, dim=1)`: x / max(||x||_2, 1e-12) over channels.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
+    let norm = x
+        .f_norm_scalaropt_dim(2.0, [1i64].as_slice(), true)?
+        .f_clamp_min(1e-12)?;
+    Ok(x.f_div(&norm)?)
+}
+
+impl PicieNet {
+    /// Creates `backbone.*` and `decoder.*` under `vs`.
+    pub fn new(vs: &nn::Path, cfg: &NetConfig) -> Result<Self, ModelError> {
+        let backbone = ResNet::new(&(vs / "backbone"), &cfg.resnet())?;
+        let decoder = FpnDecoder::new(
+            &(vs / "decoder"),
+            &FpnConfig {
+                in_channels: cfg.arch.out_channels(),
+                dim: cfg.dim(),
+            },
+        )?;
+        Ok(Self { backbone, decoder })
+    }
+
+    pub fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+
+    pub fn decoder(&self) -> &FpnDecoder {
+        &self.decoder
+    }
+
+    /// Output channels D.
+    pub fn dim(&self) -> i64 {
+        self.decoder.dim()
+    }
+
+    /// Checks that `x` is an N x 3 x H x W floating-point batch on the weights' device and
+    /// of their dtype, so that misuse gets a message naming the shape instead of a deep
+    /// libtorch error.
+    pub fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
+        let shape = x.size();
+        let bad = |reason: String| {
+            Err(ModelError::BadInput {
+                shape: shape.clone(),
+                reason,
+            })
+        };
+        let [n, c, h, w] = shape[..] else {
+            return bad(format!(
+                "expected 4 dimensions (N x 3 x H x W), got {}",
+                shape.len()
+            ));
+        };
+        if c != 3 {
+            return bad(format!(
+                "expected 3 input channels (N x 3 x H x W), got {c}"
+            ));
+        }
+        if n < 1 || h < 1 || w < 1 {
+            return bad("the batch and the images must be non-empty".into());
+        }
+        let weight = &self.backbone.first_conv_weight();
+        if !x.is_floating_point() {
+            return bad(format!(
+                "expected a floating-point image batch, got {:?} (convert, and normalise, first)",
+                x.kind()
+            ));
+        }
+        if x.kind() != weight.kind() {
+            return bad(format!(
+                "input dtype {:?} differs from the network's {:?}",
+                x.kind(),
+                weight.kind()
+            ));
+        }
+        if x.device() != weight.device() {
+            return bad(format!(
+                "input is on {:?} but the network is on {:?}",
+                x.device(),
+                weight.device()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The L2-normalised N x D x H/4 x W/4 feature map (sizes rounded up at each stride-2
+    /// step, as in PyTorch). `train` selects BatchNorm's batch statistics (and updates the
+    /// running ones) or its running statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let (_, dec) = self.forward_parts_t(x, train)?;
+        l2_normalize(&dec)
+    }
+
+    /// The backbone's res2..res5 and the decoder's output before normalisation.
+    pub fn forward_parts_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<(Features, Tensor), ModelError> {
+        self.check_input(x)?;
+        let feats = self.backbone.forward_t(x, train)?;
+        let dec = self.decoder.forward(&feats)?;
+        Ok((feats, dec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+    use tch::{nn::VarStore, Device, Kind};
+
+    fn net(cfg: &NetConfig) -> (VarStore, PicieNet) {
+        let vs = VarStore::new(Device::Cpu);
+        let net = PicieNet::new(&vs.root(), cfg).unwrap();
+        (vs, net)
+    }
+
+    #[test]
+    fn output_is_unit_norm_at_stride_4() {
+        let (_vs, net) = net(&NetConfig::default());
+        let x = Tensor::randn([2, 3, 320, 320], (Kind::Float, Device::Cpu));
+        for train in [false, true] {
+            let out = tch::no_grad(|| net.forward_t(&x, train)).unwrap();
+            assert_eq!(out.size(), [2, 128, 80, 80]);
+            let norms = out
+                .pow_tensor_scalar(2)
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .sqrt();
+            let dev = (norms - 1.0).abs().max().double_value(&[]);
+            assert!(dev < 1e-5, "train={train}: max |norm - 1| = {dev}");
+        }
+    }
+
+    #[test]
+    fn dim_defaults_per_arch_and_can_be_set() {
+        assert_eq!(NetConfig::default().dim(), 128);
+        let r50 = NetConfig {
+            arch: Arch::ResNet50,
+            ..Default::default()
+        };
+        assert_eq!(r50.dim(), 256);
+        let (_vs, n) = net(&NetConfig {
+            arch: Arch::ResNet34,
+            dim: Some(32),
+            ..Default::default()
+        });
+        let x = Tensor::randn([1, 3, 64, 48], (Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| n.forward_t(&x, false)).unwrap();
+        assert_eq!(out.size(), [1, 32, 16, 12]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_shape() {
+        let (_vs, net) = net(&NetConfig::default());
+        let cases = [
+            (
+                Tensor::zeros([1, 4, 32, 32], (Kind::Float, Device::Cpu)),
+                "[1, 4, 32, 32]",
+                "3 input channels",
+            ),
+            (
+                Tensor::zeros([3, 32, 32], (Kind::Float, Device::Cpu)),
+                "[3, 32, 32]",
+                "4 dimensions",
+            ),
+            (
+                Tensor::zeros([1, 3, 32, 32], (Kind::Uint8, Device::Cpu)),
+                "[1, 3, 32, 32]",
+                "floating-point",
+            ),
+            (
+                Tensor::zeros([1, 3, 32, 32], (Kind::Double, Device::Cpu)),
+                "[1, 3, 32, 32]",
+                "Double",
+            ),
+            (
+                Tensor::zeros([0, 3, 32, 32], (Kind::Float, Device::Cpu)),
+                "[0, 3, 32, 32]",
+                "non-empty",
+            ),
+        ];
+        for (x, shape, why) in cases {
+            let err = net.forward_t(&x, false).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, ModelError::BadInput { .. }), "{msg}");
+            assert!(msg.contains(shape) && msg.contains(why), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_net_configs_are_errors() {
+        let vs = VarStore::new(Device::Cpu);
+        for cfg in [
+            NetConfig {
+                dim: Some(0),
+                ..Default::default()
+            },
+            NetConfig {
+                stride_in_1x1: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                PicieNet::new(&vs.root(), &cfg),
+                Err(ModelError::Config(_))
+            ));
+        }
+    }
+
+    // ---- PyTorch parity --------------------------------------------------------------
+
+    /// The repository root: this crate's, or (when this file is compiled from elsewhere via
+    /// `#[path]`) the one this source file lives in.
+    fn repo_root() -> PathBuf {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        if manifest.join("tests/python/model_parity.py").exists() {
+            return manifest.to_path_buf();
+        }
+        let here = Path::new(file!());
+        let here = if here.is_absolute() {
+            here.to_path_buf()
+        } else {
+            manifest.join(here)
+        };
+        here.ancestors()
+            .nth(3)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    fn read(path: &Path) -> HashMap<String, Tensor> {
+        Tensor::read_safetensors(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .into_iter()
+            .collect()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.size(), b.size());
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    }
+
+    /// Compares `got` with `reference[prefix.name]` for each name; returns the report lines.
+    fn compare(
+        reference: &HashMap<String, Tensor>,
+        prefix: &str,
+        got: &[(&str, &Tensor)],
+    ) -> Vec<(String, f64)> {
+        got.iter()
+            .map(|(name, t)| {
+                let key = format!("{prefix}.{name}");
+                let want = reference
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("reference lacks {key}"));
+                (key, max_diff(t, want))
+            })
+            .collect()
+    }
+
+    /// Runs tests/python/model_parity.py (torch 2.13 + torchvision) and checks our outputs
+    /// against it: ResNet-18 + decoder in eval and train BatchNorm modes, running statistics
+    /// after the train step, the loaders' layouts, torchvision's key lists, and a ResNet-50
+    /// with stride_in_1x1 and Keras' eps. Skips (passing) without the venv or its packages.
+    #[test]
+    fn pytorch_parity() {
+        let root = repo_root();
+        let python = std::env::var_os("PICIE_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".venv/bin/python"));
+        if !python.exists() {
+            eprintln!(
+                "SKIP pytorch_parity: {} not found (run `make setup`)",
+                python.display()
+            );
+            return;
+        }
+        let script = root.join("tests/python/model_parity.py");
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(dir.path())
+            .output()
+            .expect("cannot start python");
+        if out.status.code() == Some(77) {
+            eprintln!(
+                "SKIP pytorch_parity: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = dir.path();
+        let mut diffs = Vec::new();
+
+        // ResNet-18 + decoder from the release-layout file.
+        let vs = VarStore::new(Device::Cpu);
+        let net = PicieNet::new(&vs.root(), &NetConfig::default()).unwrap();
+        let rep = weights::load(
+            &vs,
+            d.join("r18_release.safetensors"),
+            &LoadConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.layout, weights::Layout::Release);
+        assert_eq!(rep.loaded, vs.variables().len());
+        let reference = read(&d.join("r18_reference.safetensors"));
+        let x = &reference["input"];
+        // Eval first: the train step changes the running statistics eval mode uses.
+        for mode in ["eval", "train"] {
+            let (f, dec) = tch::no_grad(|| net.forward_parts_t(x, mode == "train")).unwrap();
+            let out = l2_normalize(&dec).unwrap();
+            diffs.extend(compare(
+                &reference,
+                mode,
+                &[
+                    ("res2", &f.res2),
+                    ("res3", &f.res3),
+                    ("res4", &f.res4),
+                    ("res5", &f.res5),
+                    ("fpn", &dec),
+                    ("out", &out),
+                ],
+            ));
+        }
+        // Buffers after the train step (momentum 0.1, unbiased variance, counter + 1).
+        let after = read(&d.join("r18_after_train.safetensors"));
+        let vars = vs.variables();
+        let mut buffers = 0.0f64;
+        for (k, want) in &after {
+            let name = k.strip_prefix("module.").unwrap_or(k);
+            if name.contains("running_") || name.ends_with("num_batches_tracked") {
+                buffers = buffers.max(max_diff(&vars[name], want));
+            }
+        }
+        diffs.push(("train.bn_buffers_after_step".into(), buffers));
+
+        // The torchvision-layout file (with fc) fills the same backbone.
+        let vs2 = VarStore::new(Device::Cpu);
+        let _net2 = PicieNet::new(&vs2.root(), &NetConfig::default()).unwrap();
+        let rep = weights::load(
+            &vs2,
+            d.join("r18_torchvision.safetensors"),
+            &LoadConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.layout, weights::Layout::Torchvision);
+        assert_eq!(rep.skipped, ["fc.bias", "fc.weight"]);
+        assert_eq!(rep.not_loaded.len(), 8);
+        let before_train = read(&d.join("r18_release.safetensors"));
+        let v2 = vs2.variables();
+        for (k, t) in &before_train {
+            if let Some(name) = k.strip_prefix("module.backbone.") {
+                assert_eq!(max_diff(&v2[&format!("backbone.{name}")], t), 0.0, "{name}");
+            }
+        }
+
+        // Key names and shapes equal torchvision's (minus fc) for all three archs.
+        for (arch, file) in [
+            (Arch::ResNet18, "keys_resnet18.txt"),
+            (Arch::ResNet34, "keys_resnet34.txt"),
+            (Arch::ResNet50, "keys_resnet50.txt"),
+        ] {
+            let text = std::fs::read_to_string(d.join(file)).unwrap();
+            let mut want: Vec<String> = text
+                .lines()
+                .filter(|l| !l.starts_with("fc."))
+                .map(str::to_string)
+                .collect();
+            let vs = VarStore::new(Device::Cpu);
+            let _b = ResNet::new(
+                &vs.root(),
+                &ResNetConfig {
+                    arch,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut ours: Vec<String> = vs
+                .variables()
+                .iter()
+                .map(|(k, v)| {
+                    let dims: Vec<String> = v.size().iter().map(i64::to_string).collect();
+                    format!("{k} {}", dims.join(","))
+                })
+                .collect();
+            want.sort();
+            ours.sort();
+            assert_eq!(ours, want, "{arch}");
+        }
+
+        // ResNet-50, stride in the 1x1 convs, eps 1e-3, standalone backbone, torchvision file.
+        let vs3 = VarStore::new(Device::Cpu);
+        let r50 = ResNet::new(
+            &vs3.root(),
+            &ResNetConfig {
+                arch: Arch::ResNet50,
+                stride_in_1x1: true,
+                bn_eps: 1e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let rep = weights::load(
+            &vs3,
+            d.join("r50s1_torchvision.safetensors"),
+            &LoadConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.loaded, vs3.variables().len());
+        let reference = read(&d.join("r50s1_reference.safetensors"));
+        for mode in ["eval", "train"] {
+            let f = tch::no_grad(|| r50.forward_t(&reference["input"], mode == "train")).unwrap();
+            diffs.extend(compare(
+                &reference,
+                &format!("r50s1.{mode}"),
+                &[
+                    ("res2", &f.res2),
+                    ("res3", &f.res3),
+                    ("res4", &f.res4),
+                    ("res5", &f.res5),
+                ],
+            ));
+        }
+
+        for (k, v) in &diffs {
+            eprintln!("parity {k:<32} max|diff| = {v:.3e}");
+        }
+        let worst =
+            diffs
+                .iter()
+                .cloned()
+                .fold(("".to_string(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        assert!(worst.1 < 1e-4, "worst: {} = {:e}", worst.0, worst.1);
+    }
+}
