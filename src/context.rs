@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use indicatif::ProgressBar;
-use marked_yaml::Node;
 
 use crate::artifact::{Artifact, ArtifactWriter};
+use crate::data::DatasetConfig;
 use crate::device::Device;
 use crate::error::StageError;
 
@@ -44,7 +44,8 @@ pub struct NodeInfo {
 
 pub struct Context {
     pub(crate) info: NodeInfo,
-    pub(crate) dataset: Option<Arc<Node>>,
+    pub(crate) dataset: Option<Arc<DatasetConfig>>,
+    pub(crate) base_dir: std::path::PathBuf,
     pub(crate) streams_in: BTreeMap<String, StreamIn>,
     pub(crate) streams_out: BTreeMap<String, StreamOut>,
     pub(crate) artifacts_in: BTreeMap<String, Artifact>,
@@ -68,8 +69,14 @@ impl Context {
         self.info.device
     }
     /// The pipeline's `dataset:` section (only for kinds whose `reads_dataset()` is true).
-    pub fn dataset(&self) -> Option<&Node> {
-        self.dataset.as_deref()
+    pub fn dataset(&self) -> Result<&DatasetConfig, StageError> {
+        self.dataset
+            .as_deref()
+            .ok_or_else(|| StageError::msg("this stage needs the pipeline's `dataset:`"))
+    }
+    /// The pipeline file's folder: relative paths in params resolve against it.
+    pub fn base_dir(&self) -> &std::path::Path {
+        &self.base_dir
     }
     /// A progress bar for this stage (hidden under `--quiet` or without a terminal).
     pub fn progress(&self) -> &ProgressBar {

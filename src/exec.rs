@@ -319,6 +319,12 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             device: plan.device,
                         },
                         dataset: node.dataset.clone(),
+                        base_dir: plan
+                            .spec
+                            .file
+                            .parent()
+                            .unwrap_or(std::path::Path::new("."))
+                            .to_path_buf(),
                         streams_in: std::mem::take(&mut ins[i]),
                         streams_out: std::mem::take(&mut outs[i]),
                         artifacts_in,

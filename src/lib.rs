@@ -6,8 +6,10 @@
 
 pub mod artifact;
 pub mod augment_params;
+pub mod checkpoint;
 pub mod cli;
 pub mod context;
+pub mod data;
 pub mod device;
 pub mod diag;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod spec;
 pub mod stage;
 pub mod store;
 pub mod synthetic;
+pub mod tables;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;

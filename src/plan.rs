@@ -13,6 +13,7 @@ use std::sync::Arc;
 use marked_yaml::Node;
 use serde_json::json;
 
+use crate::data::DatasetConfig;
 use crate::device::{libtorch_version, Device};
 use crate::diag::{suggest, Diagnostic, Diagnostics};
 use crate::error::Error;
@@ -29,7 +30,7 @@ pub struct PlanNode {
     pub configured: Arc<dyn Configured>,
     pub inputs: Vec<PlanInput>,
     pub outputs: Vec<Port>,
-    pub dataset: Option<Arc<Node>>,
+    pub dataset: Option<Arc<DatasetConfig>>,
     pub key: String,
     /// Stream-connected group (an index into `nodes`): a group's stages start together.
     pub group: usize,
@@ -181,6 +182,27 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             Device::Cpu
         }
     };
+    let base_dir = spec.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dataset = match &spec.dataset {
+        Some(node) if node.as_mapping().is_some() => {
+            match DatasetConfig::from_node(node, &base_dir) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(issues) => {
+                    for i in issues {
+                        diags.push(Diagnostic::new(
+                            crate::diag::Loc {
+                                line: i.line,
+                                column: i.column,
+                            },
+                            format!("dataset: {}", i.message),
+                        ));
+                    }
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let epochs = spec.epoch_loop.as_ref().map_or(0, |l| l.epochs);
     let all: Vec<&StageSpec> = spec
         .stages
@@ -197,11 +219,12 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
         }
         if let Some(prev) = by_name.get(s.name.as_str()) {
             diags.push(
-                Diagnostic::new(s.name_loc, format!("duplicate stage name `{}`", s.name))
-                    .hint(format!(
+                Diagnostic::new(s.name_loc, format!("duplicate stage name `{}`", s.name)).hint(
+                    format!(
                     "first defined at line {}; stage names are unique across `stages` and `loop`",
                     prev.name_loc.line
-                )),
+                ),
+                ),
             );
             continue;
         }
@@ -213,6 +236,16 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             None => diags.push(
                 Diagnostic::new(s.kind_loc, format!("unknown stage kind `{}`", s.kind))
                     .hint(suggest(&s.kind, &registry.names(), "known kinds")),
+            ),
+            Some(kind) if kind.reads_dataset() && spec.dataset.is_none() => diags.push(
+                Diagnostic::new(
+                    s.kind_loc,
+                    format!(
+                        "stage `{}` ({}) reads the data set, but the pipeline has no `dataset:`",
+                        s.name, s.kind
+                    ),
+                )
+                .hint("add e.g. `dataset: {kind: synthetic}` at the top level"),
             ),
             Some(kind) => match kind.configure(s.params.as_ref(), s.loc) {
                 Ok(c) => {
@@ -341,8 +374,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
     for (pos, &i) in order.iter().enumerate() {
         new_index[i] = pos;
     }
-    let dataset = spec.dataset.clone().map(Arc::new);
-    let dataset_json = spec.dataset.as_ref().map(node_to_json);
+    let dataset_json = dataset.as_ref().map(|d| d.canonical());
     let mut nodes: Vec<PlanNode> = Vec::with_capacity(n);
     let mut inputs: Vec<Option<Vec<PlanInput>>> = inputs.into_iter().map(Some).collect();
     for &i in &order {
@@ -658,7 +690,11 @@ fn topo_order(inputs: &[Vec<PlanInput>], n: usize) -> Result<Vec<usize>, Vec<usi
 /// consumers have read everything), so each stream-connected group is one unit: the plan
 /// is rejected when an artifact edge runs inside a group, or when artifact edges between
 /// groups form a cycle (a group would wait for itself). Returns each node's group.
-fn check_streams(drafts: &[Draft], inputs: &[Vec<PlanInput>], diags: &mut Diagnostics) -> Vec<usize> {
+fn check_streams(
+    drafts: &[Draft],
+    inputs: &[Vec<PlanInput>],
+    diags: &mut Diagnostics,
+) -> Vec<usize> {
     let n = drafts.len();
     let group = stream_groups(inputs, n);
     // Artifact edges between groups.
@@ -685,7 +721,9 @@ fn check_streams(drafts: &[Draft], inputs: &[Vec<PlanInput>], diags: &mut Diagno
     }
     for (c, ins) in inputs.iter().enumerate() {
         for i in ins.iter().filter(|i| i.port.mode == Mode::Stream) {
-            let Some((p, out_name)) = &i.source else { continue };
+            let Some((p, out_name)) = &i.source else {
+                continue;
+            };
             // Can the group reach itself again through artifact edges?
             let g = group[c];
             let mut seen = vec![false; n];

@@ -1,0 +1,218 @@
+//! Checkpoints: the network's weights and the optimizer's state as safetensors files of an
+//! artifact, with the architecture in the manifest so a checkpoint loads without the
+//! pipeline that wrote it.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::artifact::{Artifact, ArtifactWriter};
+use crate::error::StageError;
+use crate::model::resnet::Arch;
+use crate::model::weights::{self, LoadConfig, Scope};
+use crate::model::{NetConfig, PicieNet};
+
+/// The network as a pipeline names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSpec {
+    /// resnet18, resnet34 or resnet50.
+    pub arch: String,
+    /// Feature channels D (null: 128 for ResNet-18/34, 256 for ResNet-50, as released).
+    pub dim: Option<i64>,
+    pub stride_in_1x1: bool,
+    pub bn_eps: f64,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            arch: "resnet18".into(),
+            dim: None,
+            stride_in_1x1: false,
+            bn_eps: 1e-5,
+        }
+    }
+}
+
+impl ModelSpec {
+    pub fn net_config(&self) -> Result<NetConfig, String> {
+        let arch: Arch = self
+            .arch
+            .parse()
+            .map_err(|e| format!("unknown arch `{}`: {e}", self.arch))?;
+        Ok(NetConfig {
+            arch,
+            stride_in_1x1: self.stride_in_1x1,
+            dim: self.dim,
+            bn_eps: self.bn_eps,
+        })
+    }
+}
+
+/// A network on a device, with its variables.
+pub struct Loaded {
+    pub vs: VarStore,
+    pub net: PicieNet,
+    pub spec: ModelSpec,
+    pub adam: Option<AdamState>,
+}
+
+pub fn build(spec: &ModelSpec, device: tch::Device) -> Result<Loaded, StageError> {
+    let cfg = spec.net_config().map_err(StageError::msg)?;
+    let vs = VarStore::new(device);
+    let net = PicieNet::new(&vs.root(), &cfg).map_err(StageError::msg)?;
+    Ok(Loaded {
+        vs,
+        net,
+        spec: spec.clone(),
+        adam: None,
+    })
+}
+
+pub fn save(w: &mut ArtifactWriter, m: &Loaded) -> Result<(), StageError> {
+    let path = w.file_path("model.safetensors")?;
+    weights::save(&m.vs, &path).map_err(StageError::msg)?;
+    w.set_meta(
+        "model",
+        serde_json::to_value(&m.spec).expect("spec serialises"),
+    );
+    if let Some(adam) = &m.adam {
+        let path = w.file_path("optimizer.safetensors")?;
+        adam.save(&m.vs, &path)?;
+        w.set_meta("optimizer_step", adam.step);
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint artifact onto `device`.
+pub fn load(a: &Artifact, device: tch::Device) -> Result<Loaded, StageError> {
+    let spec: ModelSpec = a
+        .meta("model")
+        .cloned()
+        .ok_or_else(|| {
+            StageError::msg(format!(
+                "artifact {} is not a checkpoint (no model in its manifest)",
+                a.key()
+            ))
+        })
+        .and_then(|v| serde_json::from_value(v).map_err(StageError::msg))?;
+    let mut m = build(&spec, device)?;
+    weights::load(
+        &m.vs,
+        a.file("model.safetensors")?,
+        &LoadConfig { scope: Scope::Full },
+    )
+    .map_err(StageError::msg)?;
+    if a.manifest
+        .files
+        .iter()
+        .any(|f| f.name == "optimizer.safetensors")
+    {
+        m.adam = Some(AdamState::load(&m.vs, &a.file("optimizer.safetensors")?)?);
+    }
+    Ok(m)
+}
+
+/// Adam (PyTorch's algorithm, no amsgrad) with its moments kept here so that they can be
+/// saved in a checkpoint: PiCIE keeps one optimizer across all epochs.
+pub struct AdamState {
+    pub step: i64,
+    m: Vec<(String, Tensor)>,
+    v: Vec<(String, Tensor)>,
+}
+
+impl AdamState {
+    pub fn new(vs: &VarStore) -> Self {
+        let mut m = Vec::new();
+        let mut v = Vec::new();
+        for (name, t) in trainable(vs) {
+            m.push((name.clone(), t.zeros_like()));
+            v.push((name, t.zeros_like()));
+        }
+        Self { step: 0, m, v }
+    }
+
+    /// One update with the gradients currently stored on the variables.
+    pub fn step(&mut self, vs: &VarStore, lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64) {
+        self.step += 1;
+        let (b1, b2) = betas;
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for ((name, m), (_, v)) in self.m.iter_mut().zip(self.v.iter_mut()) {
+                let mut p = vars[name].shallow_clone();
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = if weight_decay != 0.0 {
+                    &g + &p * weight_decay
+                } else {
+                    g
+                };
+                *m = &*m * b1 + &g * (1.0 - b1);
+                *v = &*v * b2 + (&g * &g) * (1.0 - b2);
+                let denom = (&*v / bc2).sqrt() + eps;
+                let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
+            }
+        });
+    }
+
+    fn save(&self, _vs: &VarStore, path: &std::path::Path) -> Result<(), StageError> {
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for (n, t) in &self.m {
+            named.push((format!("exp_avg.{n}"), t.shallow_clone()));
+        }
+        for (n, t) in &self.v {
+            named.push((format!("exp_avg_sq.{n}"), t.shallow_clone()));
+        }
+        named.push((
+            "step".into(),
+            Tensor::from_slice(&[self.step]).to_kind(Kind::Int64),
+        ));
+        Tensor::write_safetensors(&named, path)?;
+        Ok(())
+    }
+
+    fn load(vs: &VarStore, path: &std::path::Path) -> Result<Self, StageError> {
+        let device = vs.device();
+        let mut map: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let step = map
+            .remove("step")
+            .map(|t| t.int64_value(&[0]))
+            .ok_or_else(|| StageError::msg(format!("{}: no `step`", path.display())))?;
+        let mut s = Self::new(vs);
+        s.step = step;
+        for (prefix, list) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+            for (name, t) in list.iter_mut() {
+                let saved = map.remove(&format!("{prefix}.{name}")).ok_or_else(|| {
+                    StageError::msg(format!("{}: no `{prefix}.{name}`", path.display()))
+                })?;
+                if saved.size() != t.size() {
+                    return Err(StageError::msg(format!(
+                        "{}: `{prefix}.{name}` has shape {:?}, the network {:?}",
+                        path.display(),
+                        saved.size(),
+                        t.size()
+                    )));
+                }
+                *t = saved.to_device(device);
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Trainable variables in a stable (name) order.
+fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
