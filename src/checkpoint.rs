@@ -206,6 +206,13 @@ impl AdamState {
     }
 }
 
+/// Clears the gradients of every variable.
+pub fn zero_grads(vs: &VarStore) {
+    for (_, mut t) in vs.variables() {
+        t.zero_grad();
+    }
+}
+
 /// Trainable variables in a stable (name) order.
 fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs

@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod augment_params;
+pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod context;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod diag;
 pub mod error;
 pub mod exec;
+pub mod kmeans;
 pub mod metrics;
 pub mod model;
 pub mod plan;
@@ -25,6 +27,7 @@ pub mod tables;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;
+pub mod transforms;
 
 pub use context::{Context, Item};
 pub use error::{Error, StageError};

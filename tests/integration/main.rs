@@ -3,5 +3,6 @@
 mod common;
 
 mod cache;
+mod cli;
 mod executor;
 mod spec_errors;

@@ -282,6 +282,11 @@ stages:
     kind: sum
     inputs: {numbers: src.numbers, offset: src.table}
 ";
-    let h = expect(&diags(yaml), "`s` reads artifact `src.table` but also shares a stream with `src`", 5, 11);
+    let h = expect(
+        &diags(yaml),
+        "`s` reads artifact `src.table` but also shares a stream with `src`",
+        5,
+        11,
+    );
     assert!(h.unwrap().contains("artifact"));
 }

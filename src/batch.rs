@@ -1,0 +1,62 @@
+//! What streams between PiCIE's stages: batches of the two augmented views of images.
+
+use tch::Tensor;
+
+use crate::augment_params::Geometric;
+use crate::error::StageError;
+
+/// N x C x H x W floats in host memory. Stream items must be `Sync`, which a tch `Tensor`
+/// is not; one copy per batch is cheap beside the network.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub data: Vec<f32>,
+    pub shape: [i64; 4],
+}
+
+impl HostTensor {
+    pub fn from_tensor(t: &Tensor) -> Result<Self, StageError> {
+        let (n, c, h, w) = t.size4()?;
+        let data = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().flatten(0, -1))?;
+        Ok(Self {
+            data,
+            shape: [n, c, h, w],
+        })
+    }
+
+    pub fn to_device(&self, device: tch::Device) -> Tensor {
+        Tensor::from_slice(&self.data)
+            .reshape(self.shape)
+            .to_device(device)
+    }
+}
+
+/// One batch of training views: view 1 = G(P1 x), view 2 = P2 x (G is applied to view 2's
+/// feature map by whoever runs the network).
+#[derive(Clone, Debug)]
+pub struct ViewBatch {
+    pub epoch: u32,
+    pub images: Vec<u32>,
+    pub view1: HostTensor,
+    pub view2: HostTensor,
+    pub geometric: Vec<Geometric>,
+}
+
+impl ViewBatch {
+    /// The release's two feature maps: z1 = f(G(P1 x)), z2 = G(f(P2 x)).
+    pub fn features(
+        &self,
+        net: &crate::model::PicieNet,
+        device: tch::Device,
+        train: bool,
+    ) -> Result<(Tensor, Tensor), StageError> {
+        let z1 = net
+            .forward_t(&self.view1.to_device(device), train)
+            .map_err(StageError::msg)?;
+        let z2 = net
+            .forward_t(&self.view2.to_device(device), train)
+            .map_err(StageError::msg)?;
+        let z2 = crate::transforms::equivariance::apply(&z2, &self.geometric)
+            .map_err(StageError::msg)?;
+        Ok((z1, z2))
+    }
+}

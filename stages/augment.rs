@@ -1,0 +1,190 @@
+//! `augment`: reads the training images and streams both augmented views of each, batch by
+//! batch; the random parameters (a pure function of seed, epoch and image) are also an
+//! artifact, so every pass of an epoch sees the same augmentations and they can be inspected.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, RecordBatch, UInt32Array, UInt64Array, UInt8Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde::{Deserialize, Serialize};
+
+use crate::augment_params::{self, AugRow, AugmentConfig};
+use crate::batch::{HostTensor, ViewBatch};
+use crate::data::{preprocess, Split};
+use crate::transforms::{geometric, views};
+use crate::{Context, ParamError, Port, Stage, StageError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentParams {
+    /// Shorter side of the base image and its centre crop (release: 640).
+    pub size: u32,
+    /// Network input side (release: 320).
+    pub res: u32,
+    pub batch: usize,
+    /// Decoding threads.
+    pub threads: usize,
+    /// Use only the first N training images (null: all).
+    pub limit: Option<usize>,
+    /// The random transforms and their release quirks.
+    pub random: AugmentConfig,
+}
+
+impl Default for AugmentParams {
+    fn default() -> Self {
+        Self {
+            size: 640,
+            res: 320,
+            batch: 16,
+            threads: 2,
+            limit: None,
+            random: AugmentConfig::default(),
+        }
+    }
+}
+
+pub struct Augment(AugmentParams);
+
+fn rows_batch(rows: &[AugRow]) -> Result<RecordBatch, StageError> {
+    let f = |name: &str, ty: DataType, nullable: bool| Field::new(name, ty, nullable);
+    let schema = Arc::new(Schema::new(vec![
+        f("image", DataType::UInt64, false),
+        f("epoch", DataType::UInt32, false),
+        f("view", DataType::UInt8, false),
+        f("crop_frac", DataType::Float32, false),
+        f("u_x", DataType::Float32, false),
+        f("u_y", DataType::Float32, false),
+        f("flip", DataType::Boolean, false),
+        f("brightness", DataType::Float32, true),
+        f("contrast", DataType::Float32, true),
+        f("saturation", DataType::Float32, true),
+        f("hue", DataType::Float32, true),
+        f("grayscale", DataType::Boolean, false),
+        f("blur_radius", DataType::Float32, true),
+    ]));
+    let opt = |g: fn(&AugRow) -> Option<f32>| -> ArrayRef {
+        Arc::new(rows.iter().map(g).collect::<Float32Array>())
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.image).collect::<UInt64Array>()),
+        Arc::new(rows.iter().map(|r| r.epoch).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
+        Arc::new(rows.iter().map(|r| r.crop_frac).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| r.u_x).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| r.u_y).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| Some(r.flip)).collect::<BooleanArray>()),
+        opt(|r| r.brightness),
+        opt(|r| r.contrast),
+        opt(|r| r.saturation),
+        opt(|r| r.hue),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.grayscale))
+                .collect::<BooleanArray>(),
+        ),
+        opt(|r| r.blur_radius),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+impl Stage for Augment {
+    type Params = AugmentParams;
+    const KIND: &'static str = "augment";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "both augmented views of every training image, streamed; the random parameters as a table";
+
+    fn inputs(_: &AugmentParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &AugmentParams) -> Vec<Port> {
+        vec![
+            Port::stream("batches", "view_batch"),
+            Port::artifact("params", "aug_params"),
+        ]
+    }
+    fn validate(p: &AugmentParams) -> Vec<ParamError> {
+        let mut e: Vec<ParamError> = p
+            .random
+            .validate()
+            .into_iter()
+            .map(|m| ParamError::new("random", m))
+            .collect();
+        if p.res == 0 || p.size == 0 {
+            e.push(ParamError::new(
+                if p.res == 0 { "res" } else { "size" },
+                "must be positive",
+            ));
+        }
+        if p.batch == 0 {
+            e.push(ParamError::new("batch", "must be at least 1"));
+        }
+        if p.threads == 0 {
+            e.push(ParamError::new("threads", "must be at least 1"));
+        }
+        e
+    }
+    fn reads_dataset() -> bool {
+        true
+    }
+    fn new(p: AugmentParams) -> Self {
+        Self(p)
+    }
+
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let p = self.0.clone();
+        let ds = ctx.dataset()?.open(Split::Train).map_err(StageError::msg)?;
+        let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
+        let epoch = ctx.epoch().unwrap_or(0);
+        let seed = ctx.seed();
+        ctx.progress().set_length(n as u64);
+        let ids: Vec<usize> = (0..n).collect();
+        for chunk in ids.chunks(p.batch) {
+            ctx.check_cancelled()?;
+            let ds = ds.as_ref();
+            let made = preprocess::par_map(chunk, p.threads, |&i| -> Result<_, StageError> {
+                let img = ds.image(i).map_err(StageError::msg)?;
+                let base = preprocess::train_image(&img, p.size)
+                    .map_err(|e| StageError::msg(format!("{}: {e}", ds.id(i))))?;
+                let aug = augment_params::draw(&p.random, seed, epoch, i as u64);
+                let v1 =
+                    views::view1_tensor_release(&base, &aug, p.res).map_err(StageError::msg)?;
+                let [_, v2] = views::train_views(&base, &aug, p.res).map_err(StageError::msg)?;
+                let v1 = HostTensor::from_tensor(&v1.unsqueeze(0))?;
+                let v2 =
+                    HostTensor::from_tensor(&geometric::to_tensor_normalised(&v2).unsqueeze(0))?;
+                Ok((i, aug, v1, v2))
+            });
+            let mut rows = Vec::new();
+            let mut batch = ViewBatch {
+                epoch,
+                images: Vec::new(),
+                view1: HostTensor {
+                    data: Vec::new(),
+                    shape: [0, 3, p.res as i64, p.res as i64],
+                },
+                view2: HostTensor {
+                    data: Vec::new(),
+                    shape: [0, 3, p.res as i64, p.res as i64],
+                },
+                geometric: Vec::new(),
+            };
+            for r in made {
+                let (i, aug, v1, v2) = r?;
+                rows.extend(aug.rows(i as u64, epoch));
+                batch.images.push(i as u32);
+                batch.view1.data.extend(v1.data);
+                batch.view2.data.extend(v2.data);
+                batch.view1.shape[0] += 1;
+                batch.view2.shape[0] += 1;
+                batch.geometric.push(aug.geometric);
+            }
+            ctx.output("params")?.write(&rows_batch(&rows)?)?;
+            ctx.send("batches", batch)?;
+            ctx.progress().inc(chunk.len() as u64);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! `label`: each pixel of both views gets its nearest centroid (the release's rule,
+//! argmax 2<z, mu> - |mu|^2, network in eval mode); labels are stored compactly, one row per
+//! image and view, with cluster counts and the loss weights derived from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::ViewBatch;
+use crate::checkpoint;
+use crate::kmeans::label_release;
+use crate::tables;
+use crate::{Context, Port, Stage, StageError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// count_k / total: the release's "balanced" loss (weights grow with cluster size).
+    AsReleased,
+    /// Normalised 1 / count_k: what a user report says was intended.
+    Inverse,
+    /// Plain cross-entropy.
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelParams {
+    pub weights: Weighting,
+}
+
+impl Default for LabelParams {
+    fn default() -> Self {
+        Self {
+            weights: Weighting::AsReleased,
+        }
+    }
+}
+
+pub struct Label(LabelParams);
+
+/// Loss weights from cluster counts (empty clusters weigh 0 under `inverse`).
+pub fn weights(counts: &[u64], how: Weighting) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    match how {
+        Weighting::None => vec![1.0; counts.len()],
+        Weighting::AsReleased => counts
+            .iter()
+            .map(|&c| c as f64 / total.max(1) as f64)
+            .collect(),
+        Weighting::Inverse => {
+            let inv: Vec<f64> = counts
+                .iter()
+                .map(|&c| if c == 0 { 0.0 } else { 1.0 / c as f64 })
+                .collect();
+            let s: f64 = inv.iter().sum();
+            inv.iter().map(|v| v / s.max(f64::MIN_POSITIVE)).collect()
+        }
+    }
+}
+
+impl Stage for Label {
+    type Params = LabelParams;
+    const KIND: &'static str = "label";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "nearest-centroid pseudo-labels of both views, with cluster weights";
+
+    fn inputs(_: &LabelParams) -> Vec<Port> {
+        vec![
+            Port::stream("batches", "view_batch"),
+            Port::artifact("checkpoint", "checkpoint"),
+            Port::artifact("centroids", "centroids"),
+        ]
+    }
+    fn outputs(_: &LabelParams) -> Vec<Port> {
+        vec![
+            Port::artifact("labels", "labels"),
+            Port::artifact("weights", "cluster_weights"),
+        ]
+    }
+    fn new(p: LabelParams) -> Self {
+        Self(p)
+    }
+
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let device = ctx.device().tch();
+        let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let (c1, _) = tables::read_centroids(ctx.input("centroids")?, 1)?;
+        let (c2, _) = tables::read_centroids(ctx.input("centroids")?, 2)?;
+        let (c1, c2) = (c1.to_device(device), c2.to_device(device));
+        let k = c1.size()[0] as usize;
+        if c1.size()[1] != m.net.dim() {
+            return Err(StageError::msg(format!(
+                "centroids have dimension {}, the network's features {}",
+                c1.size()[1],
+                m.net.dim()
+            )));
+        }
+        let mut counts = [vec![0u64; k], vec![0u64; k]];
+        while let Some(b) = ctx.recv_as::<ViewBatch>("batches")? {
+            let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, false))?;
+            for (view, z, c) in [(1u8, &z1, &c1), (2, &z2, &c2)] {
+                let labels = label_release(z, c).map_err(StageError::msg)?;
+                let hist = labels
+                    .flatten(0, -1)
+                    .bincount::<tch::Tensor>(None, k as i64);
+                let hist = Vec::<i64>::try_from(hist.to_device(tch::Device::Cpu))?;
+                for (slot, h) in counts[view as usize - 1].iter_mut().zip(hist) {
+                    *slot += h as u64;
+                }
+                ctx.output("labels")?
+                    .write(&tables::labels_batch(&b.images, view, &labels, k)?)?;
+            }
+            ctx.progress().inc(b.images.len() as u64);
+        }
+        ctx.output("labels")?.set_meta("k", k);
+        for (i, c) in counts.iter().enumerate() {
+            let w = weights(c, self.0.weights);
+            ctx.output("weights")?
+                .write(&tables::weights_batch(i as u8 + 1, c, &w)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! `train`: one pass of PiCIE's loss over streamed view batches, from the previous
+//! checkpoint to the next. Classifiers are the frozen k-means centroids of each view;
+//! L = 1/2 (L_within + L_cross) with weighted cross-entropy in PyTorch's convention.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde::{Deserialize, Serialize};
+use tch::{Reduction, Tensor};
+
+use crate::batch::ViewBatch;
+use crate::checkpoint::{self, AdamState};
+use crate::tables;
+use crate::{Context, ParamError, Port, Stage, StageError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    /// Adam learning rate (release: 1e-4 COCO-Stuff, 1e-3 Cityscapes).
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Batches whose gradients add up before one optimizer step (8 x 16 = the release's 128).
+    pub accumulate: usize,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            accumulate: 1,
+        }
+    }
+}
+
+pub struct Train(TrainParams);
+
+/// Logits of a frozen centroid classifier: plain dot products <z, mu_k>, no bias.
+pub fn classify(z: &Tensor, centroids: &Tensor) -> Tensor {
+    let (k, d) = (centroids.size()[0], centroids.size()[1]);
+    z.conv2d::<Tensor>(
+        &centroids.view([k, d, 1, 1]),
+        None,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    )
+}
+
+/// Weighted cross-entropy, PyTorch's mean: sum w_y * loss / sum w_y.
+pub fn ce(logits: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<&Tensor>(target, Some(weight), Reduction::Mean, -100, 0.0)
+}
+
+/// PiCIE's loss; returns (L, L_within, L_cross).
+pub fn picie_loss(
+    z: [&Tensor; 2],
+    y: [&Tensor; 2],
+    c: [&Tensor; 2],
+    w: [&Tensor; 2],
+) -> (Tensor, Tensor, Tensor) {
+    let within =
+        (ce(&classify(z[0], c[0]), y[0], w[0]) + ce(&classify(z[1], c[1]), y[1], w[1])) * 0.5;
+    let cross =
+        (ce(&classify(z[0], c[1]), y[1], w[1]) + ce(&classify(z[1], c[0]), y[0], w[0])) * 0.5;
+    ((&within + &cross) * 0.5, within, cross)
+}
+
+fn metrics_batch(rows: &[(u32, u32, f64, f64, f64, f64, f64)]) -> Result<RecordBatch, StageError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("step", DataType::UInt32, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("loss_within", DataType::Float64, false),
+        Field::new("loss_cross", DataType::Float64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("images_per_s", DataType::Float64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.0).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.1).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.3).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.4).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.5).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.6).collect::<Float64Array>()),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+fn stack_labels(
+    map: &HashMap<u32, Tensor>,
+    images: &[u32],
+    view: u8,
+    hw: (i64, i64),
+) -> Result<Tensor, StageError> {
+    let mut v = Vec::with_capacity(images.len());
+    for i in images {
+        let t = map.get(i).ok_or_else(|| {
+            StageError::msg(format!("the labels artifact has no labels for image {i}, view {view}: labels and images do not match"))
+        })?;
+        if t.size() != [hw.0, hw.1] {
+            return Err(StageError::msg(format!(
+                "labels of image {i} are {:?}, the features {}x{}: labels and images do not match",
+                t.size(),
+                hw.0,
+                hw.1
+            )));
+        }
+        v.push(t.shallow_clone());
+    }
+    Ok(Tensor::stack(&v, 0))
+}
+
+impl Stage for Train {
+    type Params = TrainParams;
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "one epoch of PiCIE's loss with Adam: checkpoint in, checkpoint out";
+
+    fn inputs(_: &TrainParams) -> Vec<Port> {
+        vec![
+            Port::stream("batches", "view_batch"),
+            Port::artifact("checkpoint", "checkpoint"),
+            Port::artifact("centroids", "centroids"),
+            Port::artifact("labels", "labels"),
+            Port::artifact("weights", "cluster_weights"),
+        ]
+    }
+    fn outputs(_: &TrainParams) -> Vec<Port> {
+        vec![
+            Port::artifact("checkpoint", "checkpoint"),
+            Port::artifact("metrics", "train_metrics"),
+        ]
+    }
+    fn validate(p: &TrainParams) -> Vec<ParamError> {
+        let mut e = Vec::new();
+        if p.lr.is_nan() || p.lr <= 0.0 {
+            e.push(ParamError::new("lr", "must be positive"));
+        }
+        if p.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            e.push(ParamError::new("betas", "each must be in [0, 1)"));
+        }
+        if p.accumulate == 0 {
+            e.push(ParamError::new("accumulate", "must be at least 1"));
+        }
+        e
+    }
+    fn new(p: TrainParams) -> Self {
+        Self(p)
+    }
+
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let p = self.0.clone();
+        let device = ctx.device().tch();
+        let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let mut c = Vec::new();
+        let mut y = Vec::new();
+        let mut w = Vec::new();
+        for view in [1u8, 2] {
+            let (cent, _) = tables::read_centroids(ctx.input("centroids")?, view)?;
+            if cent.size()[1] != m.net.dim() {
+                return Err(StageError::msg(format!(
+                    "centroids have dimension {}, the checkpoint's network {}",
+                    cent.size()[1],
+                    m.net.dim()
+                )));
+            }
+            let k = cent.size()[0] as usize;
+            let weights = tables::read_weights(ctx.input("weights")?, view)?;
+            if weights.len() != k {
+                return Err(StageError::msg(format!(
+                    "{} cluster weights for {k} centroids",
+                    weights.len()
+                )));
+            }
+            c.push(cent.to_device(device));
+            w.push(
+                Tensor::from_slice(&weights)
+                    .to_kind(tch::Kind::Float)
+                    .to_device(device),
+            );
+            y.push(tables::read_labels(ctx.input("labels")?, view, k)?);
+        }
+        let mut adam = m.adam.take().unwrap_or_else(|| AdamState::new(&m.vs));
+        let epoch = ctx.epoch().unwrap_or(0);
+        let mut rows = Vec::new();
+        let mut pending = 0usize;
+        let mut step = 0u32;
+        let t0 = Instant::now();
+        let mut seen = 0usize;
+        while let Some(b) = ctx.recv_as::<ViewBatch>("batches")? {
+            let (z1, z2) = b.features(&m.net, device, true)?;
+            let hw = (z1.size()[2], z1.size()[3]);
+            let y1 = stack_labels(&y[0], &b.images, 1, hw)?.to_device(device);
+            let y2 = stack_labels(&y[1], &b.images, 2, hw)?.to_device(device);
+            let (loss, within, cross) =
+                picie_loss([&z1, &z2], [&y1, &y2], [&c[0], &c[1]], [&w[0], &w[1]]);
+            (&loss / p.accumulate as f64).backward();
+            pending += 1;
+            seen += b.images.len();
+            if pending == p.accumulate {
+                adam.step(&m.vs, p.lr, (p.betas[0], p.betas[1]), p.eps, p.weight_decay);
+                checkpoint::zero_grads(&m.vs);
+                pending = 0;
+            }
+            step += 1;
+            rows.push((
+                epoch,
+                step,
+                loss.double_value(&[]),
+                within.double_value(&[]),
+                cross.double_value(&[]),
+                p.lr,
+                seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            ));
+            ctx.progress().inc(b.images.len() as u64);
+            ctx.progress()
+                .set_message(format!("loss {:.4}", loss.double_value(&[])));
+        }
+        if pending > 0 {
+            adam.step(&m.vs, p.lr, (p.betas[0], p.betas[1]), p.eps, p.weight_decay);
+            checkpoint::zero_grads(&m.vs);
+        }
+        if step == 0 {
+            return Err(StageError::msg("no training batches arrived"));
+        }
+        m.adam = Some(adam);
+        checkpoint::save(ctx.output("checkpoint")?, &m)?;
+        ctx.output("metrics")?.write(&metrics_batch(&rows)?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! The `picie` binary end to end on a tiny real pipeline: run, plan, ls, show, gc, and the
+//! errors a user sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TINY: &str = "name: tiny
+seed: 3
+device: cpu
+store: store
+dataset: {kind: synthetic, train_images: 8, val_images: 4, width: 48, height: 48, classes: 3}
+stages:
+  - name: init
+    kind: init
+  - name: eval0
+    kind: evaluate
+    params: {res: 32, batch: 4, n_iter: 5}
+    inputs: {checkpoint: init.checkpoint}
+loop:
+  epochs: 1
+  stages:
+    - name: aug
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: features
+      kind: extract
+      inputs: {batches: aug.batches, checkpoint: init.checkpoint}
+    - name: kmeans
+      kind: kmeans
+      params: {k: 3, mode: lloyd, n_iter: 5}
+      inputs: {features: features.features}
+    - name: aug_label
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: label
+      kind: label
+      inputs: {batches: aug_label.batches, checkpoint: init.checkpoint, centroids: kmeans.centroids}
+    - name: aug_train
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: train
+      kind: train
+      inputs:
+        batches: aug_train.batches
+        checkpoint: init.checkpoint
+        centroids: kmeans.centroids
+        labels: label.labels
+        weights: label.weights
+    - name: evaluate
+      kind: evaluate
+      params: {res: 32, batch: 4, n_iter: 5}
+      inputs: {checkpoint: train.checkpoint, history: eval0.metrics}
+";
+
+fn picie(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_picie"))
+        .args(args)
+        .current_dir(dir)
+        .env("PICIE_LOG", "picie=info")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), TINY).unwrap();
+
+    let plan = picie(dir.path(), &["plan", "p.yaml"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let t = text(&plan);
+    for node in ["init", "aug@1", "train@1", "evaluate@1"] {
+        assert!(t.contains(node), "{t}");
+    }
+
+    let run = picie(dir.path(), &["run", "p.yaml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let t = text(&run);
+    assert!(t.contains("mIoU"), "{t}");
+    assert!(t.contains("stage(s) ran, 0 cached"), "{t}");
+
+    let again = picie(dir.path(), &["run", "p.yaml"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains(" 0 stage(s) ran"), "{}", text(&again));
+
+    let ls = picie(dir.path(), &["ls", "--store", "store"]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    let line = text(&ls)
+        .lines()
+        .find(|l| l.contains("evaluate@1") && l.contains("metrics"))
+        .unwrap_or_else(|| panic!("{}", text(&ls)))
+        .to_string();
+    let key = line.split_whitespace().next().unwrap();
+    let show = picie(dir.path(), &["show", key, "--store", "store"]);
+    assert!(show.status.success(), "{}", text(&show));
+    let t = text(&show);
+    // Two rows: epoch 0 from the history, epoch 1 from this node, in a Polars frame.
+    assert!(t.contains("shape: (2, 9)"), "{t}");
+    assert!(t.contains("miou"), "{t}");
+
+    let gc = picie(dir.path(), &["gc", "--store", "store", "--dry-run"]);
+    assert!(gc.status.success(), "{}", text(&gc));
+    assert!(
+        text(&gc).contains("would remove 0 artifact(s)"),
+        "{}",
+        text(&gc)
+    );
+}
+
+#[test]
+fn a_bad_file_exits_non_zero_with_every_error_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = TINY
+        .replace("kind: kmeans", "kind: kmean")
+        .replace("mode: lloyd", "mode: lloyd, iters: 3")
+        .replace("device: cpu", "device: cpu\ncolor: red");
+    std::fs::write(dir.path().join("p.yaml"), bad).unwrap();
+    let out = picie(dir.path(), &["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("p.yaml:4:1: unknown top-level field `color`"),
+        "{t}"
+    );
+    assert!(t.contains("unknown stage kind `kmean`"), "{t}");
+    assert!(t.contains("did you mean `kmeans`"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    // Nothing was written for a file that does not validate.
+    assert!(!dir.path().join("store").exists());
+}
+
+#[test]
+fn missing_files_and_stores_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = picie(dir.path(), &["run", "nope.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("cannot read pipeline file nope.yaml"),
+        "{}",
+        text(&out)
+    );
+    let out = picie(dir.path(), &["ls", "--store", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("nowhere is not an artifact store"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn artifacts_open_in_python_polars() {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let probe = Command::new(&py).args(["-c", "import polars"]).output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!(
+            "skipped: {} with polars is not available (run scripts/setup.sh)",
+            py.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = TINY.replace("epochs: 1", "epochs: 1\n");
+    std::fs::write(dir.path().join("p.yaml"), tiny).unwrap();
+    let run = picie(dir.path(), &["run", "p.yaml", "-q"]);
+    assert!(run.status.success(), "{}", text(&run));
+    // Every table file of every artifact kind, read by Python Polars as it is.
+    let script = r#"
+import glob, json, sys, polars as pl
+kinds = {}
+for m in glob.glob(sys.argv[1] + "/objects/*/*/manifest.json"):
+    man = json.load(open(m))
+    for f in man["files"]:
+        if f["format"] == "parquet":
+            df = pl.read_parquet(m.rsplit("/", 1)[0] + "/" + f["name"])
+            assert df.height == f["rows"], (m, df.height, f["rows"])
+            kinds[man["type"]] = df.columns
+print(json.dumps(kinds, sort_keys=True))
+"#;
+    let out = Command::new(&py)
+        .args(["-c", script, dir.path().join("store").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let kinds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "aug_params",
+        "features",
+        "centroids",
+        "kmeans_stats",
+        "labels",
+        "cluster_weights",
+        "train_metrics",
+        "metrics",
+        "confusion",
+    ] {
+        assert!(kinds.get(k).is_some(), "{k} missing from {kinds}");
+    }
+    assert_eq!(
+        kinds["features"],
+        serde_json::json!(["image", "view", "y", "x", "feature"])
+    );
+}
