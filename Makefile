@@ -5,8 +5,10 @@ VENV ?= .venv
 export PICIE_VENV := $(VENV)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
-# torch-sys finds libtorch inside the venv's PyTorch.
-export LIBTORCH_USE_PYTORCH := 1
+# torch-sys finds libtorch inside the venv's PyTorch. It only checks that this variable is
+# set, but rebuilds when its value changes: the venv's path as the value makes a build cache
+# shared between clones (CARGO_TARGET_DIR) relink against the right venv.
+export LIBTORCH_USE_PYTORCH := $(VIRTUAL_ENV)
 
 .PHONY: setup build run test bench lint
 setup:
