@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${PICIE_VENV:-.venv}
 TORCH=2.13.0           # tch 0.26 requires exactly this libtorch
 PY=${PYTHON:-python3}
-STAMP="$VENV/.picie-setup-v2"
+STAMP="$VENV/.picie-setup-v3"
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     exit 0
@@ -22,6 +22,6 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a few GB, a minute or two)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors pillow numpy scipy polars
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors "pillow==13.0.0" numpy scipy polars
 touch "$STAMP"
 echo "setup: done"

@@ -1,12 +1,25 @@
 //! K-means as PiCIE's release uses it: full-batch Lloyd (the release's faiss initialisation)
 //! and the release's online mini-batch centroid update, plus its nearest-centroid label rule.
 //!
-//! Distances are one matmul per chunk of rows, `|c|^2 - 2 x.c` (the `|x|^2` term does not change
-//! the argmin), computed on the centroids' device. Per-cluster sums are accumulated in f64 so
-//! that tens of millions of points do not lose precision. Data can be streamed: `lloyd` asks its
-//! source for a fresh pass of chunks each iteration, so memory does not grow with the data set.
-//! All randomness (sampling, k-means++, empty-cluster repair) comes from a seeded ChaCha RNG on
-//! the host, so results do not depend on libtorch's global RNG.
+//! Assignment minimises `|c|^2 - 2 x.c` (the `|x|^2` term does not change the argmin), a matmul
+//! per chunk of rows. On a GPU that is a libtorch matmul; on the CPU it is a fused host kernel
+//! (register-blocked matmul, argmin, objective and per-cluster sums in one pass over rows that
+//! are still in cache, AVX2/FMA when the CPU has them), which does not pay libtorch's several
+//! memory passes and thread barriers per op. Per-cluster sums are accumulated in f64 so that tens
+//! of millions of points lose no precision. Data can be streamed: `lloyd` asks its source for a
+//! fresh pass of chunks each iteration, so memory does not grow with the data set. All
+//! randomness (sampling, k-means++, empty-cluster repair) comes from a seeded ChaCha RNG on the
+//! host, so results do not depend on libtorch's global RNG; the CPU kernel's results do not
+//! depend on the thread count either.
+//!
+//! ```ignore
+//! let fit = Kmeans::init_from(&feats, &KmeansConfig { k: 27, ..Default::default() }, device)?;
+//! let mut km = fit.kmeans; // centroids and N_k
+//! for batch in later_batches {
+//!     km.minibatch_update(&batch)?;
+//! }
+//! let labels = label_release(&feature_map, km.centroids())?;
+//! ```
 
 use std::error::Error as StdError;
 
@@ -56,7 +69,8 @@ pub struct KmeansConfig {
     /// Lloyd iterations (the release: 20 to 30).
     pub n_iter: usize,
     pub seed: u64,
-    /// Rows per distance matmul; bounds the N x K distance block and the per-chunk temporaries.
+    /// Rows per distance matmul (per host-kernel call on CPU); bounds the N x K distance block
+    /// and the per-chunk temporaries (a conversion to f32 or a copy to the device).
     pub chunk_rows: usize,
     /// Initial centroids are drawn from the first this-many rows; `None` = all rows. Random
     /// sampling streams over the pool (K rows in memory); k-means++ holds the pool in memory.
@@ -888,10 +902,13 @@ impl Accum {
 /// Centroids per register block: two 8-lane AVX2 vectors.
 const LANES: usize = 16;
 /// Rows per register block: ROWS x LANES accumulators fill 8 of the 16 AVX2 registers.
-const ROWS: usize = 6;
+const ROWS: usize = 4;
 /// Rows per scheduling unit. Partial results are kept per tile and merged in tile order, so
 /// the result depends neither on the thread count nor on which thread ran which tile.
 const TILE_ROWS: usize = 2048;
+/// Rows whose nearest centroids are found before their sums are added (128 KiB at D = 128,
+/// so they are still in L2 for the second step).
+const SUB_ROWS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -1062,46 +1079,56 @@ fn tile_kernel<const FMA: bool>(
         objective: 0.0,
     };
     let mut dist = vec![0f32; ROWS * kp];
-    let n = x.len() / d;
-    let mut r0 = 0;
-    while r0 < n {
-        let r = if n - r0 >= ROWS { ROWS } else { 1 };
-        let xr = &x[r0 * d..(r0 + r) * d];
-        match (FMA, r == ROWS) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: FMA = true is instantiated only by tile_avx2_fma, which runs only when
-            // the CPU reports AVX2 and FMA.
-            (true, true) => unsafe { dots_avx2_fma::<ROWS>(hc, xr, &mut dist) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            (true, false) => unsafe { dots_avx2_fma::<1>(hc, xr, &mut dist) },
-            (_, true) => dots::<ROWS>(hc, xr, &mut dist),
-            (_, false) => dots::<1>(hc, xr, &mut dist),
-        }
-        for i in 0..r {
-            let row = &x[(r0 + i) * d..(r0 + i + 1) * d];
-            let dr = &dist[i * kp..i * kp + k];
-            let (mut best, mut bd) = (0, dr[0]);
-            for (j, &v) in dr.iter().enumerate().skip(1) {
-                if v < bd {
-                    best = j;
-                    bd = v;
-                }
+    let mut nearest = vec![0usize; SUB_ROWS];
+    for (s, xs) in x.chunks(SUB_ROWS * d).enumerate() {
+        let m = xs.len() / d;
+        // Phase 1, nearest centroids: the centroid panels stay in L1.
+        let mut r0 = 0;
+        while r0 < m {
+            let r = if m - r0 >= ROWS { ROWS } else { 1 };
+            let xr = &xs[r0 * d..(r0 + r) * d];
+            match (FMA, r == ROWS) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: FMA = true is instantiated only by tile_avx2_fma, which runs only
+                // when the CPU reports AVX2 and FMA.
+                (true, true) => unsafe { dots_avx2_fma::<ROWS>(hc, xr, &mut dist) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                (true, false) => unsafe { dots_avx2_fma::<1>(hc, xr, &mut dist) },
+                (_, true) => dots::<ROWS>(hc, xr, &mut dist),
+                (_, false) => dots::<1>(hc, xr, &mut dist),
             }
-            let e = sq_norm(row) + bd;
-            // Clamp rounding below zero, but let NaN through (f32::max would hide it).
-            out.objective += f64::from(if e < 0.0 { 0.0 } else { e });
-            out.counts[best] += 1;
+            for (i, row) in xr.chunks_exact(d).enumerate() {
+                let dr = &dist[i * kp..i * kp + k];
+                let (mut best, mut bd) = (0, dr[0]);
+                for (j, &v) in dr.iter().enumerate().skip(1) {
+                    if v < bd {
+                        best = j;
+                        bd = v;
+                    }
+                }
+                let e = sq_norm(row) + bd;
+                // Clamp rounding below zero, but let NaN through (f32::max would hide it).
+                out.objective += f64::from(if e < 0.0 { 0.0 } else { e });
+                nearest[r0 + i] = best;
+            }
+            r0 += r;
+        }
+        // Phase 2, sums: the sub-tile's rows are still in L2 and the f64 sums get L1.
+        for (row, &b) in xs.chunks_exact(d).zip(&nearest) {
+            out.counts[b] += 1;
             if want_sums {
-                for (a, &v) in out.sums[best * d..(best + 1) * d].iter_mut().zip(row) {
+                for (a, &v) in out.sums[b * d..(b + 1) * d].iter_mut().zip(row) {
                     *a += f64::from(v);
                 }
             }
-            if let Some(l) = labels.as_deref_mut() {
-                l[r0 + i] = best as i64;
+        }
+        if let Some(l) = labels.as_deref_mut() {
+            let dst = &mut l[s * SUB_ROWS..s * SUB_ROWS + m];
+            for (o, &b) in dst.iter_mut().zip(&nearest) {
+                *o = b as i64;
             }
         }
-        r0 += r;
     }
     out
 }
@@ -1143,21 +1170,21 @@ fn dots_avx2_fma<const R: usize>(hc: &HostCentroids, x: &[f32], dist: &mut [f32]
     let kp = hc.c_sq.len();
     let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * d..(r + 1) * d]);
     let two = _mm256_set1_ps(2.0);
+    let xp: [*const f32; R] = xs.map(<[f32]>::as_ptr);
     for (p, panel) in hc.panels.chunks_exact(d).enumerate() {
         let mut lo = [_mm256_setzero_ps(); R];
         let mut hi = [_mm256_setzero_ps(); R];
         for (j, c) in panel.iter().enumerate() {
-            // SAFETY: `c` is a [f32; 16]; the two unaligned loads read its halves.
-            let (c0, c1) = unsafe {
-                (
-                    _mm256_loadu_ps(c.as_ptr()),
-                    _mm256_loadu_ps(c.as_ptr().add(8)),
-                )
-            };
-            for r in 0..R {
-                let xv = _mm256_set1_ps(xs[r][j]);
-                lo[r] = _mm256_fmadd_ps(xv, c0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(xv, c1, hi[r]);
+            // SAFETY: `c` is a [f32; 16] (two unaligned 8-float loads), and j < d, the length
+            // of every xs[r] (raw reads: indexed ones kept a bounds check per FMA pair).
+            unsafe {
+                let c0 = _mm256_loadu_ps(c.as_ptr());
+                let c1 = _mm256_loadu_ps(c.as_ptr().add(8));
+                for r in 0..R {
+                    let xv = _mm256_broadcast_ss(&*xp[r].add(j));
+                    lo[r] = _mm256_fmadd_ps(xv, c0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(xv, c1, hi[r]);
+                }
             }
         }
         let c_sq = &hc.c_sq[p * LANES..(p + 1) * LANES];

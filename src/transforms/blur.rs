@@ -51,8 +51,12 @@ impl BoxKernel {
         // than u32 multiplies. With (2r + 1) ww + 2 fw <= 2^24 the exact
         // result stays below 2^32, so the split sum equals the u32 one.
         let total = u64::from(radius * 2 + 1) * u64::from(ww) + 2 * u64::from(fw);
-        let split = (radius <= 1 && ww < 1 << 24 && fw < 1 << 24 && total <= 1 << 24)
-            .then(|| [(ww >> 16) as u16, ww as u16, (fw >> 16) as u16, fw as u16]);
+        let split = (radius <= 1 && ww < 1 << 24 && fw < 1 << 24 && total <= 1 << 24).then_some([
+            (ww >> 16) as u16,
+            ww as u16,
+            (fw >> 16) as u16,
+            fw as u16,
+        ]);
         Self {
             radius: radius as usize,
             ww,
@@ -69,13 +73,21 @@ impl BoxKernel {
         (bulk.wrapping_add(1 << 23) >> 24) as u8
     }
 
-    /// [`Self::out`] from the u16 halves; `acc <= 765`, `s = left + right`.
+    /// [`Self::out`] in u16 lanes (8 per SSE2 register; `pmullw`/`pmulhuw`
+    /// instead of emulated 32-bit multiplies); `acc <= 765`,
+    /// `s = left + right`. With `bulk = acc ww + s fw < 2^32 - 2^24`,
+    /// `bulk + 2^23 = H 2^16 + X` where `H = acc wh + s fh < 2^16` and
+    /// `X = acc wl + s fl + 2^23`; the result is `(H + (X >> 16)) >> 8`,
+    /// and `X >> 16` is assembled from the high halves plus the carry of the
+    /// low halves.
     #[inline(always)]
     fn out_split([wh, wl, fh, fl]: [u16; 4], acc: u16, s: u16) -> u8 {
-        let m = |a: u16, b: u16| u32::from(a) * u32::from(b);
-        let hi = m(acc, wh) + m(s, fh);
-        let lo = m(acc, wl) + m(s, fl);
-        (((hi << 16) + lo + (1 << 23)) >> 24) as u8
+        let mulhi = |a: u16, b: u16| ((u32::from(a) * u32::from(b)) >> 16) as u16;
+        let (al, sl) = (acc.wrapping_mul(wl), s.wrapping_mul(fl));
+        let carry = u16::from(al.wrapping_add(sl) < al);
+        let x16 = mulhi(acc, wl) + mulhi(s, fl) + 128 + carry;
+        let h = acc.wrapping_mul(wh).wrapping_add(s.wrapping_mul(fh));
+        (h.wrapping_add(x16) >> 8) as u8
     }
 }
 

@@ -53,6 +53,9 @@ pub(crate) struct Tables {
     /// `p[s << 8 | v]`: the `p` value of [`hsv_to_rgb`], a function of
     /// (s, v) only.
     p: Vec<u8>,
+    /// `qt[h << 8 | s]`: the f64 factors that multiply `v` in `q` and `t`
+    /// of [`hsv_to_rgb`], functions of (h, s) only.
+    qt: Vec<[f64; 2]>,
 }
 
 /// The tables, built on first use.
@@ -64,8 +67,10 @@ static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
     let mut s = vec![0u8; 1 << 16];
     let mut h = vec![0u8; 6 << 16];
     let mut p = vec![0u8; 1 << 16];
-    for sv in 0..1usize << 16 {
-        p[sv] = p_value((sv >> 8) as u8, sv as u8);
+    let mut qt = vec![[0f64; 2]; 1 << 16];
+    for i in 0..1usize << 16 {
+        p[i] = p_value((i >> 8) as u8, i as u8);
+        qt[i] = qt_factors((i >> 8) as u8, i as u8);
     }
     for cr in 1..=255u8 {
         for maxc in cr..=255u8 {
@@ -88,7 +93,7 @@ static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
             }
         }
     }
-    Tables { s, h, p }
+    Tables { s, h, p, qt }
 });
 
 /// The index into `Tables::h` of a non-gray pixel, following the branch
@@ -159,31 +164,41 @@ fn p_value(s: u8, v: u8) -> u8 {
     clip8(round_half_away(f64::from(v) * (1.0 - f64::from(fs))))
 }
 
-/// RGB of one HSV pixel: the reference transcription of `hsv2rgb`.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
-    hsv_to_rgb_with(h, s, v, p_value(s, v))
+/// The factors of `v` in `q = round(v * (1.0 - fs * f))` and
+/// `t = round(v * (1.0 - fs * (1.0 - f)))` (`fs * f` is an f32 product in C).
+fn qt_factors(h: u8, s: u8) -> [f64; 2] {
+    let (_, f) = SECTORS[usize::from(h)];
+    let fs = FS[usize::from(s)];
+    [
+        1.0 - f64::from(fs * f),
+        1.0 - f64::from(fs) * (1.0 - f64::from(f)),
+    ]
 }
 
-/// [`hsv_to_rgb`] with `p` from the tables (tested equal on all inputs).
+/// RGB of one HSV pixel: the reference transcription of `hsv2rgb` (the
+/// tests hold [`hsv_to_rgb_fast`] to it).
+#[cfg(test)]
+pub(crate) fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
+    hsv_to_rgb_with(h, s, v, p_value(s, v), qt_factors(h, s))
+}
+
+/// [`hsv_to_rgb`] with `p` and the `q`, `t` factors from the tables
+/// (tested equal on all inputs).
 #[inline(always)]
 pub(crate) fn hsv_to_rgb_fast(t: &Tables, h: u8, s: u8, v: u8) -> (u8, u8, u8) {
-    hsv_to_rgb_with(h, s, v, t.p[usize::from(s) << 8 | usize::from(v)])
+    let hs = usize::from(h) << 8 | usize::from(s);
+    hsv_to_rgb_with(h, s, v, t.p[usize::from(s) << 8 | usize::from(v)], t.qt[hs])
 }
 
 #[inline(always)]
-fn hsv_to_rgb_with(h: u8, s: u8, v: u8, up: u8) -> (u8, u8, u8) {
+fn hsv_to_rgb_with(h: u8, s: u8, v: u8, up: u8, [fq, ft]: [f64; 2]) -> (u8, u8, u8) {
     if s == 0 {
         return (v, v, v);
     }
-    let (i, f) = SECTORS[usize::from(h)];
-    let fs = FS[usize::from(s)];
     let vd = f64::from(v);
-    // `fs * f` is float * float in C: an f32 product.
-    let q = round_half_away(vd * (1.0 - f64::from(fs * f)));
-    let t = round_half_away(vd * (1.0 - f64::from(fs) * (1.0 - f64::from(f))));
-    let (uq, ut) = (clip8(q), clip8(t));
-    match i {
+    let uq = clip8(round_half_away(vd * fq));
+    let ut = clip8(round_half_away(vd * ft));
+    match SECTORS[usize::from(h)].0 {
         0 | 6 => (v, ut, up),
         1 => (uq, v, up),
         2 => (up, v, ut),

@@ -2,15 +2,16 @@
 //! torchvision's functional ops on PIL images (Pillow 13's `ImageEnhance`,
 //! `convert`, `GaussianBlur`).
 //!
-//! Measured against Pillow 13.0 / torchvision 0.28 (`pil_parity` test):
-//! brightness, contrast, saturation, hue, grayscale and blur are all
-//! bit-exact (max difference 0 levels). Exactness rests on replaying
-//! Pillow's arithmetic at the same float widths; see each function.
+//! Measured against Pillow 13.0 / torchvision 0.28 (`pil_parity` test, and
+//! once on an image holding all 2^24 colours): brightness, contrast,
+//! saturation, hue, grayscale and blur are all bit-exact (max difference 0
+//! levels). Exactness rests on replaying Pillow's arithmetic at the same
+//! float widths; see each function.
 //!
-//! Pillow's grayscale is `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`
-//! (rounded ITU-R 601-2 luma). Older Pillow versions, current when PiCIE was
-//! released, truncated `(299 R + 587 G + 114 B) / 1000` instead; the two
-//! differ by at most one level.
+//! Pillow 13's grayscale is `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`
+//! (rounded ITU-R 601-2 luma). Some older Pillow versions truncated
+//! `(299 R + 587 G + 114 B) / 1000` instead; the two differ by at most one
+//! level (in contrast, saturation and grayscale).
 
 use image::RgbImage;
 

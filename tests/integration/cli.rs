@@ -209,3 +209,23 @@ print(json.dumps(kinds, sort_keys=True))
         serde_json::json!(["image", "view", "y", "x", "feature"])
     );
 }
+
+#[test]
+fn the_binary_finds_libtorch_itself_and_keeps_cuda_linked() {
+    // No LD_LIBRARY_PATH, no venv on PATH: the rpath must do.
+    let out = Command::new(env!("CARGO_BIN_EXE_picie"))
+        .arg("--version")
+        .env_remove("LD_LIBRARY_PATH")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let Ok(elf) = Command::new("readelf").args(["-d", env!("CARGO_BIN_EXE_picie")]).output() else {
+        eprintln!("skipped the NEEDED check: readelf is not installed");
+        return;
+    };
+    let t = String::from_utf8_lossy(&elf.stdout);
+    // Without --no-as-needed the linker drops it and CUDA is silently unavailable.
+    assert!(t.contains("[libtorch_cuda.so]"), "{t}");
+    assert!(t.contains("RUNPATH") || t.contains("RPATH"), "{t}");
+}
