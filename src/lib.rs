@@ -4,6 +4,7 @@
 //! implemented in `stages/`) run on threads joined by bounded channels (`exec`) and leave
 //! content-addressed Parquet artifacts in a store (`store`, `artifact`).
 
+pub mod analysis;
 pub mod artifact;
 pub mod augment_params;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod kmeans;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod spec;
 pub mod stage;
 pub mod store;
