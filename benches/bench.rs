@@ -2,6 +2,9 @@
 //!
 //! - plan: validate, unroll and key a synthetic 1,000-node DAG (target < 1 s).
 //! - rerun: the default pipeline cold, then fully cached (target < 2 % of cold).
+//! - augment [DIR]: decode + augment both views at 320 (CamVid train by default), 2
+//!   threads, then the same work with PIL/torchvision in the venv, same parameters
+//!   (target: at least 2x).
 
 use std::time::Instant;
 
@@ -133,11 +136,141 @@ fn bench_rerun(pipeline: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Decode + the release's base transform + both views, as the `augment` stage does.
+fn bench_augment(dir: &str) -> anyhow::Result<()> {
+    use picie::augment_params::{draw, AugmentConfig};
+    use picie::transforms::{geometric, views};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const PASSES: u32 = 3;
+    const THREADS: usize = 2;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{dir}: {e} (pass a folder of images)"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "png" || x == "jpg" || x == "jpeg")
+        })
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "{dir} holds no images");
+    tch::set_num_threads(1);
+    let cfg = AugmentConfig::default();
+    // The exact parameters, so the Python reference does identical work.
+    let rows: Vec<serde_json::Value> = (0..PASSES)
+        .flat_map(|epoch| {
+            let (files, cfg) = (&files, &cfg);
+            (0..files.len()).map(move |i| {
+                serde_json::json!({
+                    "epoch": epoch,
+                    "file": files[i].file_name().map(|f| f.to_string_lossy().into_owned()),
+                    "aug": draw(cfg, 0, epoch, i as u64),
+                })
+            })
+        })
+        .collect();
+    let tmp = tempfile::tempdir()?;
+    let params = tmp.path().join("params.json");
+    std::fs::write(&params, serde_json::to_vec(&rows)?)?;
+    let work = |epoch: u32, i: usize| -> anyhow::Result<u8> {
+        let img = image::open(&files[i])?.to_rgb8();
+        let base = geometric::base_transform(&img, 640)?;
+        let [v1, v2] = views::train_views(&base, &draw(&cfg, 0, epoch, i as u64), 320)?;
+        Ok(v1.as_raw()[0] ^ v2.as_raw()[0])
+    };
+    let mut rates = Vec::new();
+    for epoch in 0..PASSES {
+        let next = AtomicUsize::new(0);
+        let t = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let hs: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= files.len() {
+                                return Ok(());
+                            }
+                            work(epoch, i)?;
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        rates.push(files.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let ours = rates[rates.len() / 2];
+    println!(
+        "augment  picie: {} images x {PASSES} passes, {THREADS} threads: median {ours:.1} images/s",
+        files.len()
+    );
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/augment_ref.py");
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args([
+            "--dir",
+            dir,
+            "--workers",
+            "2",
+            "--passes",
+            &PASSES.to_string(),
+        ])
+        .arg("--params")
+        .arg(&params)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let line = text.lines().last().unwrap_or("");
+            println!("augment  {line}");
+            if let Some(theirs) = line
+                .split("median ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                println!(
+                    "augment  ratio picie / PIL = {:.2}x   target >= 2x",
+                    ours / theirs
+                );
+            }
+        }
+        Ok(o) => println!(
+            "augment  reference failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!(
+            "augment  reference not run ({}: {e}); run scripts/setup.sh",
+            py.display()
+        ),
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
     if matches!(which, "all" | "plan") {
         bench_plan()?;
+    }
+    if matches!(which, "all" | "augment") {
+        let dir = match which {
+            "augment" => args.get(1).cloned(),
+            _ => None,
+        };
+        let dir = dir.unwrap_or_else(|| {
+            format!("{}/../shared/data/camvid/train", env!("CARGO_MANIFEST_DIR"))
+        });
+        if std::path::Path::new(&dir).is_dir() {
+            bench_augment(&dir)?;
+        } else {
+            println!("augment  skipped: {dir} is absent (give a folder of images)");
+        }
     }
     if matches!(which, "all" | "rerun") {
         bench_rerun(args.get(1).map(String::as_str).unwrap_or("pipeline.yaml"))?;

@@ -7,7 +7,11 @@ final centroids, wall times and objectives (sum of squared distances of every po
 nearest final centroid, recomputed in f64) so the Rust bench can compare on the same footing.
 
     /work/main/.venv/bin/pip install faiss-cpu scikit-learn
-    python benches/kmeans_ref.py --dir /tmp/picie-kmeans-bench
+    /work/main/.venv/bin/python benches/kmeans_ref.py --dir /tmp/picie-kmeans-bench
+    # then the Rust side, which reads x.npy, init.npy, ref.txt and the peers' centroids:
+    bench_kmeans /tmp/picie-kmeans-bench 65536 2    # (DIR CHUNK_ROWS THREADS)
+
+On a shared machine, also compare "cpu_seconds": wall times swing with other load.
 """
 import argparse
 import json

@@ -1910,6 +1910,16 @@ mod tests {
                 assert!((s.objective - t.objective).abs() < 1e-5 * s.objective);
             }
         }
+        // Non-finite rows are caught on the tensor path too.
+        let prep = Prepared::new(&init, AccumPath::Tensor).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut v = vec![0.5f32; 12 * 5];
+            v[7] = bad;
+            assert!(matches!(
+                prep.block(&mat(&v, 12), 10, true, true),
+                Err(KmeansError::NonFinite { start: 10, end: 15 })
+            ));
+        }
     }
 
     #[test]
