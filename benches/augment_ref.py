@@ -125,7 +125,7 @@ def init_worker(to_tensor):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default="/work/shared/data/camvid/train")
+    ap.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/data/camvid/train"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--mode", choices=["process", "thread"], default="process")
     ap.add_argument("--passes", type=int, default=3)

@@ -563,7 +563,8 @@ mod tests {
     /// The CamVid copy in shared/, read as it is.
     #[test]
     fn camvid_as_shipped() {
-        let root = Path::new("/work/shared/data/camvid");
+        // ../shared beside the checkout, as in CI and on developers' machines.
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/camvid"));
         let root = std::env::var_os("PICIE_CAMVID")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.to_path_buf());

@@ -297,7 +297,10 @@ fn transforms_match_pil() {
     }
     check_image("synthetic square", &synthetic(120, 120), true);
     // A real photograph too, when the shared CamVid copy is present.
-    let camvid = Path::new("/work/shared/data/camvid/train/0001TP_006690.png");
+    let camvid = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/camvid/train/0001TP_006690.png"
+    ));
     if let Ok(im) = image::open(camvid) {
         check_image("camvid", &im.to_rgb8(), false);
     }
