@@ -79,6 +79,25 @@ enum Command {
     },
     /// List the stage kinds with their inputs, outputs and default params.
     Kinds,
+    /// Print a run's main tables: metrics per epoch, loss, cluster sizes, stability.
+    Inspect {
+        /// The run name (`name:` in its pipeline file).
+        run: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write PNG figures and an index.html for a run.
+    Report {
+        run: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Output folder (default: STORE/reports/RUN).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validation images to draw (image | ground truth | prediction | overlay).
+        #[arg(long, default_value_t = 6)]
+        images: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +265,25 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 r.bytes as f64 / (1 << 20) as f64,
                 r.kept,
                 r.tmp_removed
+            );
+            Ok(())
+        }
+        Command::Inspect { run, store } => {
+            print!("{}", crate::analysis::inspect(&store.store, &run)?);
+            Ok(())
+        }
+        Command::Report {
+            run,
+            store,
+            out,
+            images,
+        } => {
+            let out = out.unwrap_or_else(|| store.store.join("reports").join(&run));
+            let files = crate::report::write_report(&store.store, &run, &out, images)?;
+            println!(
+                "wrote {} file(s); open {}",
+                files.len(),
+                out.join("index.html").display()
             );
             Ok(())
         }

@@ -220,7 +220,10 @@ fn the_binary_finds_libtorch_itself_and_keeps_cuda_linked() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let Ok(elf) = Command::new("readelf").args(["-d", env!("CARGO_BIN_EXE_picie")]).output() else {
+    let Ok(elf) = Command::new("readelf")
+        .args(["-d", env!("CARGO_BIN_EXE_picie")])
+        .output()
+    else {
         eprintln!("skipped the NEEDED check: readelf is not installed");
         return;
     };

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod analysis;
 mod cache;
 mod cli;
 mod executor;

@@ -1,0 +1,436 @@
+//! `picie::analysis` and `picie::report` on a tiny real two-epoch run, their errors on bad
+//! input, and our Hungarian matching against SciPy's `linear_sum_assignment`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use picie::analysis::{inspect, AnalysisError, Run};
+use picie::metrics::{hungarian, Confusion};
+use picie::report::write_report;
+use polars::prelude::*;
+
+const TRAIN_IMAGES: usize = 8;
+const VAL_IMAGES: usize = 4;
+const CLASSES: usize = 3;
+const K: usize = 3;
+const AUG_RES: usize = 32;
+const EVAL_RES: usize = 32;
+/// The network's output stride: labels are at a quarter of the crop's side.
+const STRIDE: usize = 4;
+
+const TINY2: &str = "name: tiny2
+seed: 3
+device: cpu
+store: store
+dataset: {kind: synthetic, train_images: 8, val_images: 4, width: 48, height: 48, classes: 3}
+stages:
+  - name: init
+    kind: init
+  - name: eval0
+    kind: evaluate
+    params: {res: 32, batch: 4, n_iter: 5}
+    inputs: {checkpoint: init.checkpoint}
+loop:
+  epochs: 2
+  stages:
+    - name: aug
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: features
+      kind: extract
+      inputs:
+        batches: aug.batches
+        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
+    - name: kmeans
+      kind: kmeans
+      params: {k: 3, mode: lloyd, n_iter: 5}
+      inputs: {features: features.features}
+    - name: aug_label
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: label
+      kind: label
+      inputs:
+        batches: aug_label.batches
+        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
+        centroids: kmeans.centroids
+    - name: aug_train
+      kind: augment
+      params: {size: 48, res: 32, batch: 4}
+    - name: train
+      kind: train
+      inputs:
+        batches: aug_train.batches
+        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
+        centroids: kmeans.centroids
+        labels: label.labels
+        weights: label.weights
+    - name: evaluate
+      kind: evaluate
+      params: {res: 32, batch: 4, n_iter: 5}
+      inputs:
+        checkpoint: train.checkpoint
+        history: {from: evaluate.metrics, epoch: prev, first: eval0.metrics}
+";
+
+fn names(df: &DataFrame) -> Vec<String> {
+    df.get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn u32s(df: &DataFrame, col: &str) -> Vec<u32> {
+    df.column(col)
+        .unwrap()
+        .u32()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect()
+}
+
+fn u64s(df: &DataFrame, col: &str) -> Vec<u64> {
+    df.column(col)
+        .unwrap()
+        .u64()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect()
+}
+
+fn f64s(df: &DataFrame, col: &str) -> Vec<f64> {
+    df.column(col)
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect()
+}
+
+fn run_tiny(dir: &Path) -> PathBuf {
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, TINY2).unwrap();
+    let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
+    let store_dir = dir.join("store");
+    let store = picie::Store::open(&store_dir).unwrap();
+    picie::run(&plan, &store, &Default::default()).unwrap();
+    store_dir
+}
+
+#[test]
+fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = run_tiny(dir.path());
+    let run = Run::open(&store_dir, "tiny2").unwrap();
+    assert!(run.record.ok);
+
+    // metrics: eval0 (epoch 0) + two epochs, all in the last evaluate's table.
+    let m = run.metrics().unwrap();
+    assert_eq!(
+        names(&m),
+        [
+            "epoch",
+            "predictor",
+            "k",
+            "pixel_accuracy",
+            "miou",
+            "thing_miou",
+            "stuff_miou",
+            "valid_pixels",
+            "per_class_iou"
+        ]
+    );
+    assert_eq!(u32s(&m, "epoch"), [0, 1, 2]);
+    let valid = u64s(&m, "valid_pixels");
+    for v in &valid {
+        assert!(*v > 0 && *v <= (VAL_IMAGES * EVAL_RES * EVAL_RES) as u64);
+    }
+    for a in f64s(&m, "pixel_accuracy") {
+        assert!((0.0..=100.0).contains(&a), "{a}");
+    }
+
+    // train metrics: both epochs, steps counted from 1 within each.
+    let t = run.train_metrics().unwrap();
+    for c in ["epoch", "step", "loss", "loss_within", "loss_cross", "lr"] {
+        assert!(names(&t).iter().any(|n| n == c), "{c} in {:?}", names(&t));
+    }
+    let te = u32s(&t, "epoch");
+    assert!(te.contains(&1) && te.contains(&2), "{te:?}");
+    assert!(te.windows(2).all(|w| w[0] <= w[1]), "epoch order {te:?}");
+    assert!(f64s(&t, "loss").iter().all(|l| l.is_finite() && *l >= 0.0));
+
+    // cluster sizes: 2 epochs x 2 views x K clusters; counts sum to every labelled pixel.
+    let label_px = (TRAIN_IMAGES * (AUG_RES / STRIDE) * (AUG_RES / STRIDE)) as u64;
+    let cs = run.cluster_sizes().unwrap();
+    assert_eq!(names(&cs), ["epoch", "view", "cluster", "count", "weight"]);
+    assert_eq!(cs.height(), 2 * 2 * K);
+    let (ep, counts) = (u32s(&cs, "epoch"), u64s(&cs, "count"));
+    let views: Vec<u8> = cs
+        .column("view")
+        .unwrap()
+        .u8()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    let mut per: BTreeMap<(u32, u8), u64> = BTreeMap::new();
+    for ((e, v), n) in ep.iter().zip(&views).zip(&counts) {
+        *per.entry((*e, *v)).or_default() += n;
+    }
+    assert_eq!(per.len(), 4);
+    assert!(per.values().all(|&n| n == label_px), "{per:?}");
+
+    // assignments: one row per labelled pixel, coordinates inside the label map.
+    for (epoch, view) in [(1, 1), (2, 2)] {
+        let a = run.assignments(epoch, view).unwrap();
+        assert_eq!(names(&a), ["epoch", "view", "image", "y", "x", "cluster"]);
+        assert_eq!(a.height() as u64, label_px);
+        let cl = u32s(&a, "cluster");
+        assert!(cl.iter().all(|&c| (c as usize) < K));
+        let ys: Vec<u16> = a
+            .column("y")
+            .unwrap()
+            .u16()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert!(ys.iter().all(|&y| (y as usize) < AUG_RES / STRIDE));
+        let images: std::collections::BTreeSet<u32> = u32s(&a, "image").into_iter().collect();
+        assert_eq!(images.len(), TRAIN_IMAGES);
+    }
+    assert!(matches!(
+        run.assignments(7, 1),
+        Err(AnalysisError::NoNode { .. })
+    ));
+
+    // contingency: classes x clusters, totals = the valid pixels of that epoch's metrics.
+    for (i, epoch) in [0u32, 1, 2].into_iter().enumerate() {
+        let c = run.contingency(epoch).unwrap();
+        assert_eq!(names(&c), ["class", "cluster", "pixels"]);
+        assert_eq!(c.height(), CLASSES * K);
+        assert_eq!(
+            u64s(&c, "pixels").iter().sum::<u64>(),
+            valid[i],
+            "epoch {epoch}"
+        );
+    }
+
+    // stability: one epoch pair, both views, fractions in [0, 1].
+    let s = run.stability().unwrap();
+    assert_eq!(
+        names(&s),
+        [
+            "epoch_from",
+            "epoch_to",
+            "view",
+            "pixels",
+            "changed_fraction"
+        ]
+    );
+    assert_eq!(s.height(), 2);
+    assert_eq!(u32s(&s, "epoch_from"), [1, 1]);
+    assert_eq!(u32s(&s, "epoch_to"), [2, 2]);
+    assert_eq!(u64s(&s, "pixels"), [label_px, label_px]);
+    for f in f64s(&s, "changed_fraction") {
+        assert!((0.0..=1.0).contains(&f), "{f}");
+    }
+
+    // inspect: the summary and every epoch's scores as printed numbers.
+    let text = inspect(&store_dir, "tiny2").unwrap();
+    assert!(text.contains("run tiny2: ok"), "{text}");
+    assert!(text.contains("ran"), "{text}");
+    let miou = f64s(&m, "miou");
+    for (e, v) in miou.iter().enumerate() {
+        let line = format!("epoch {e}: mIoU {v:.2}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    for section in [
+        "train loss per epoch",
+        "cluster sizes, epoch 2",
+        "stability",
+    ] {
+        assert!(text.contains(section), "{section} in\n{text}");
+    }
+
+    // report: PNGs that decode, at the sizes the layout implies, and an index linking them.
+    let out = dir.path().join("report");
+    let files = write_report(&store_dir, "tiny2", &out, 2).unwrap();
+    let rel: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for f in [
+        "sample_00.png",
+        "sample_01.png",
+        "confusion.png",
+        "loss.png",
+        "metrics.png",
+        "index.html",
+    ] {
+        assert!(rel.iter().any(|r| r == f), "{f} in {rel:?}");
+        assert!(out.join(f).is_file());
+    }
+    let side = (EVAL_RES * (128 / EVAL_RES).max(1)) as u32;
+    let sample = image::open(out.join("sample_00.png")).unwrap();
+    assert_eq!((sample.width(), sample.height()), (4 * side + 12, side));
+    for f in ["loss.png", "metrics.png"] {
+        let img = image::open(out.join(f)).unwrap();
+        assert_eq!((img.width(), img.height()), (640, 360), "{f}");
+    }
+    let conf = image::open(out.join("confusion.png")).unwrap();
+    assert!(conf.width() >= K as u32 * 6 && conf.height() >= CLASSES as u32 * 6);
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for f in &rel {
+        if f.ends_with(".png") {
+            assert!(html.contains(&format!("src=\"{f}\"")), "{f} in index.html");
+        }
+    }
+    assert!(html.contains("<table") && html.contains("miou"));
+    // Paths are relative: nothing of the temp folder leaks into the links.
+    assert!(!html.contains(&format!("src=\"{}", dir.path().display())));
+
+    // A gc'd artifact: the frame that needs it says which, the summary says why it is short.
+    let label2 = run
+        .record
+        .nodes
+        .iter()
+        .find(|n| n.kind == "label" && n.epoch == Some(2))
+        .unwrap();
+    let key = label2.outputs["weights"].clone();
+    std::fs::remove_dir_all(run.store.object_dir(&key)).unwrap();
+    let e = run.cluster_sizes().unwrap_err();
+    assert!(matches!(e, AnalysisError::Missing { .. }), "{e}");
+    assert!(e.to_string().contains(&key), "{e}");
+    let text = inspect(&store_dir, "tiny2").unwrap();
+    assert!(text.contains("cluster sizes: (none:"), "{text}");
+}
+
+#[test]
+fn bad_store_and_unknown_run_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Run::open(dir.path(), "x").err().unwrap();
+    assert!(matches!(e, AnalysisError::NotAStore { .. }), "{e}");
+    assert!(e.to_string().contains("not a picie artifact store"), "{e}");
+    // Opening must not have turned the folder into a store.
+    assert!(!dir.path().join("objects").exists());
+    assert!(inspect(&dir.path().join("missing"), "x").is_err());
+
+    let store_dir = dir.path().join("store");
+    picie::Store::open(&store_dir).unwrap();
+    let e = Run::open(&store_dir, "nope").err().unwrap();
+    assert!(e.to_string().contains("runs there: none"), "{e}");
+    std::fs::create_dir_all(store_dir.join("runs/other")).unwrap();
+    std::fs::write(store_dir.join("runs/other/latest.json"), "{").unwrap();
+    let e = Run::open(&store_dir, "nope").err().unwrap();
+    assert!(e.to_string().contains("runs there: other"), "{e}");
+    let e = Run::open(&store_dir, "../store").err().unwrap();
+    assert!(matches!(e, AnalysisError::NoSuchRun { .. }), "{e}");
+    // A broken record is reported as such, not as a panic.
+    let e = Run::open(&store_dir, "other").err().unwrap();
+    assert!(matches!(e, AnalysisError::BadRecord { .. }), "{e}");
+    let e = write_report(&store_dir, "nope", &dir.path().join("r"), 1)
+        .err()
+        .unwrap();
+    assert!(matches!(e, AnalysisError::NoSuchRun { .. }), "{e}");
+}
+
+/// A deterministic generator for the random matrices (no test dependency on `rand`).
+struct Lcg(u64);
+impl Lcg {
+    fn draw(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn hungarian_totals_match_scipy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let script = root.join("tests/python/hungarian_check.py");
+    if !python.is_file() {
+        eprintln!(
+            "skipped: {} not found (run scripts/setup.sh)",
+            python.display()
+        );
+        return;
+    }
+    let probe = Command::new(&python)
+        .args(["-c", "import scipy.optimize, numpy"])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: scipy/numpy not importable by {}",
+            python.display()
+        );
+        return;
+    }
+
+    // Sizes 2..=40, three matrices each: dense wide-range, small values (many ties), sparse.
+    let mut rng = Lcg(20210617);
+    let mut mats: Vec<Vec<Vec<u64>>> = Vec::new();
+    for n in 2..=40usize {
+        for style in 0..3 {
+            let m = (0..n)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| match style {
+                            0 => rng.draw() % 1_000_000,
+                            1 => rng.draw() % 4,
+                            _ => {
+                                if rng.draw().is_multiple_of(5) {
+                                    rng.draw() % 10_000
+                                } else {
+                                    0
+                                }
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            mats.push(m);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("matrices.json");
+    std::fs::write(&input, serde_json::to_string(&mats).unwrap()).unwrap();
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<u64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(theirs.len(), mats.len());
+
+    for (m, want) in mats.iter().zip(theirs) {
+        let n = m.len();
+        // Rows = classes, columns = clusters, as in an evaluation confusion.
+        let conf = Confusion::from_counts(n, n, m.iter().flatten().copied().collect()).unwrap();
+        let assign = hungarian(&conf).unwrap();
+        let mut seen = vec![false; n];
+        for &class in &assign {
+            assert!(!seen[class], "one-to-one");
+            seen[class] = true;
+        }
+        let ours: u64 = assign
+            .iter()
+            .enumerate()
+            .map(|(cluster, &class)| m[class][cluster])
+            .sum();
+        assert_eq!(ours, want, "{n}x{n} matrix");
+    }
+}
