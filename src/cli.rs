@@ -79,6 +79,14 @@ enum Command {
     },
     /// List the stage kinds with their inputs, outputs and default params.
     Kinds,
+    /// Convert pretrained weights to safetensors: a PyTorch .pth (torchvision's files or the
+    /// release's checkpoints, via the venv's PyTorch) or a TensorFlow.js Keras ResNet-50
+    /// model.json (conv biases folded into BatchNorm; use with `arch: resnet50`,
+    /// `stride_in_1x1: true`, `bn_eps: 0.001`).
+    Weights {
+        #[command(subcommand)]
+        action: WeightsAction,
+    },
     /// Print a run's main tables: metrics per epoch, loss, cluster sizes, stability.
     Inspect {
         /// The run name (`name:` in its pipeline file).
@@ -97,6 +105,16 @@ enum Command {
         /// Validation images to draw (image | ground truth | prediction | overlay).
         #[arg(long, default_value_t = 6)]
         images: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WeightsAction {
+    Import {
+        /// A .pth/.pt file, or a TensorFlow.js model.json.
+        input: PathBuf,
+        /// The .safetensors file to write.
+        output: PathBuf,
     },
 }
 
@@ -268,6 +286,9 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             );
             Ok(())
         }
+        Command::Weights {
+            action: WeightsAction::Import { input, output },
+        } => import_weights(&input, &output),
         Command::Inspect { run, store } => {
             print!("{}", crate::analysis::inspect(&store.store, &run)?);
             Ok(())
@@ -309,6 +330,40 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn import_weights(input: &Path, output: &Path) -> Result<()> {
+    if !input.is_file() {
+        anyhow::bail!("{} does not exist", input.display());
+    }
+    if input.extension().is_some_and(|e| e == "json") {
+        let tensors = crate::model::keras::import_tfjs(input)?;
+        let n = tensors.len();
+        tch::Tensor::write_safetensors(&tensors, output)
+            .with_context(|| format!("writing {}", output.display()))?;
+        println!("wrote {n} tensors to {}", output.display());
+        return Ok(());
+    }
+    // .pth files are pickles: the venv's PyTorch reads them.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let py = std::env::var_os("PICIE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let status = std::process::Command::new(&py)
+        .arg(root.join("scripts/import_weights.py"))
+        .arg(input)
+        .arg(output)
+        .status()
+        .with_context(|| {
+            format!(
+                "running {} (run scripts/setup.sh, or set PICIE_PYTHON)",
+                py.display()
+            )
+        })?;
+    if !status.success() {
+        anyhow::bail!("importing {} failed (see above)", input.display());
+    }
+    Ok(())
 }
 
 fn open_existing(root: &Path) -> Result<Store> {

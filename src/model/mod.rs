@@ -6,6 +6,7 @@
 //! (see [`weights`]).
 
 pub mod fpn;
+pub mod keras;
 pub mod resnet;
 pub mod weights;
 
