@@ -183,6 +183,12 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 .filter(|(_, o)| *o == exec::Outcome::Cached)
                 .count();
             if !cli.quiet {
+                // The evaluation metrics of every epoch, when the pipeline evaluates.
+                if let Ok(df) = crate::analysis::Run::open(&plan.spec.store, &plan.spec.name)
+                    .and_then(|r| r.metrics())
+                {
+                    println!("{df}");
+                }
                 println!(
                     "run `{}` finished in {:.2}s: {ran} stage(s) ran, {cached} cached; record {}",
                     plan.spec.name,

@@ -86,6 +86,8 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     let t = text(&run);
     assert!(t.contains("mIoU"), "{t}");
     assert!(t.contains("stage(s) ran, 0 cached"), "{t}");
+    // The metrics of every epoch (0 and 1) are printed as a table at the end.
+    assert!(t.contains("shape: (2, 9)"), "{t}");
 
     let again = picie(dir.path(), &["run", "p.yaml"]);
     assert!(again.status.success(), "{}", text(&again));
