@@ -19,60 +19,9 @@ const EVAL_RES: usize = 32;
 /// The network's output stride: labels are at a quarter of the crop's side.
 const STRIDE: usize = 4;
 
-const TINY2: &str = "name: tiny2
-seed: 3
-device: cpu
-store: store
-dataset: {kind: synthetic, train_images: 8, val_images: 4, width: 48, height: 48, classes: 3}
-stages:
-  - name: init
-    kind: init
-  - name: eval0
-    kind: evaluate
-    params: {res: 32, batch: 4, n_iter: 5}
-    inputs: {checkpoint: init.checkpoint}
-loop:
-  epochs: 2
-  stages:
-    - name: aug
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: features
-      kind: extract
-      inputs:
-        batches: aug.batches
-        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
-    - name: kmeans
-      kind: kmeans
-      params: {k: 3, mode: lloyd, n_iter: 5}
-      inputs: {features: features.features}
-    - name: aug_label
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: label
-      kind: label
-      inputs:
-        batches: aug_label.batches
-        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
-        centroids: kmeans.centroids
-    - name: aug_train
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: train
-      kind: train
-      inputs:
-        batches: aug_train.batches
-        checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}
-        centroids: kmeans.centroids
-        labels: label.labels
-        weights: label.weights
-    - name: evaluate
-      kind: evaluate
-      params: {res: 32, batch: 4, n_iter: 5}
-      inputs:
-        checkpoint: train.checkpoint
-        history: {from: evaluate.metrics, epoch: prev, first: eval0.metrics}
-";
+fn tiny2() -> String {
+    crate::common::tiny_pipeline("tiny2", 2)
+}
 
 fn names(df: &DataFrame) -> Vec<String> {
     df.get_column_names()
@@ -113,7 +62,7 @@ fn f64s(df: &DataFrame, col: &str) -> Vec<f64> {
 
 fn run_tiny(dir: &Path) -> PathBuf {
     let path = dir.join("p.yaml");
-    std::fs::write(&path, TINY2).unwrap();
+    std::fs::write(&path, tiny2()).unwrap();
     let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
     let store_dir = dir.join("store");
     let store = picie::Store::open(&store_dir).unwrap();

@@ -4,53 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const TINY: &str = "name: tiny
-seed: 3
-device: cpu
-store: store
-dataset: {kind: synthetic, train_images: 8, val_images: 4, width: 48, height: 48, classes: 3}
-stages:
-  - name: init
-    kind: init
-  - name: eval0
-    kind: evaluate
-    params: {res: 32, batch: 4, n_iter: 5}
-    inputs: {checkpoint: init.checkpoint}
-loop:
-  epochs: 1
-  stages:
-    - name: aug
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: features
-      kind: extract
-      inputs: {batches: aug.batches, checkpoint: init.checkpoint}
-    - name: kmeans
-      kind: kmeans
-      params: {k: 3, mode: lloyd, n_iter: 5}
-      inputs: {features: features.features}
-    - name: aug_label
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: label
-      kind: label
-      inputs: {batches: aug_label.batches, checkpoint: init.checkpoint, centroids: kmeans.centroids}
-    - name: aug_train
-      kind: augment
-      params: {size: 48, res: 32, batch: 4}
-    - name: train
-      kind: train
-      inputs:
-        batches: aug_train.batches
-        checkpoint: init.checkpoint
-        centroids: kmeans.centroids
-        labels: label.labels
-        weights: label.weights
-    - name: evaluate
-      kind: evaluate
-      params: {res: 32, batch: 4, n_iter: 5}
-      inputs: {checkpoint: train.checkpoint, history: eval0.metrics}
-";
+fn tiny() -> String {
+    crate::common::tiny_pipeline("tiny", 1)
+}
 
 fn picie(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_picie"))
@@ -72,7 +28,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.yaml"), TINY).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), tiny()).unwrap();
 
     let plan = picie(dir.path(), &["plan", "p.yaml"]);
     assert!(plan.status.success(), "{}", text(&plan));
@@ -120,7 +76,7 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
 #[test]
 fn a_bad_file_exits_non_zero_with_every_error_located() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = TINY
+    let bad = tiny()
         .replace("kind: kmeans", "kind: kmean")
         .replace("mode: lloyd", "mode: lloyd, iters: 3")
         .replace("device: cpu", "device: cpu\ncolor: red");
@@ -170,7 +126,7 @@ fn artifacts_open_in_python_polars() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tiny = TINY.replace("epochs: 1", "epochs: 1\n");
+    let tiny = tiny();
     std::fs::write(dir.path().join("p.yaml"), tiny).unwrap();
     let run = picie(dir.path(), &["run", "p.yaml", "-q"]);
     assert!(run.status.success(), "{}", text(&run));

@@ -384,3 +384,64 @@ pub fn ran(report: &RunReport) -> Vec<String> {
 }
 
 pub const HEADER: &str = "name: t\nseed: 1\ndevice: cpu\nstore: store\n";
+
+/// A small real PiCIE pipeline on synthetic data (8 train / 4 val 48x48 images, 3 classes,
+/// inputs at 32x32), epochs chained through the previous checkpoint as in pipeline.yaml.
+pub fn tiny_pipeline(name: &str, epochs: u32) -> String {
+    format!(
+        "name: {name}
+seed: 3
+device: cpu
+store: store
+dataset: {{kind: synthetic, train_images: 8, val_images: 4, width: 48, height: 48, classes: 3}}
+stages:
+  - name: init
+    kind: init
+  - name: eval0
+    kind: evaluate
+    params: {{res: 32, batch: 4, n_iter: 5}}
+    inputs: {{checkpoint: init.checkpoint}}
+loop:
+  epochs: {epochs}
+  stages:
+    - name: aug
+      kind: augment
+      params: {{size: 48, res: 32, batch: 4}}
+    - name: features
+      kind: extract
+      inputs:
+        batches: aug.batches
+        checkpoint: {{from: train.checkpoint, epoch: prev, first: init.checkpoint}}
+    - name: kmeans
+      kind: kmeans
+      params: {{k: 3, mode: lloyd, n_iter: 5}}
+      inputs: {{features: features.features}}
+    - name: aug_label
+      kind: augment
+      params: {{size: 48, res: 32, batch: 4}}
+    - name: label
+      kind: label
+      inputs:
+        batches: aug_label.batches
+        checkpoint: {{from: train.checkpoint, epoch: prev, first: init.checkpoint}}
+        centroids: kmeans.centroids
+    - name: aug_train
+      kind: augment
+      params: {{size: 48, res: 32, batch: 4}}
+    - name: train
+      kind: train
+      inputs:
+        batches: aug_train.batches
+        checkpoint: {{from: train.checkpoint, epoch: prev, first: init.checkpoint}}
+        centroids: kmeans.centroids
+        labels: label.labels
+        weights: label.weights
+    - name: evaluate
+      kind: evaluate
+      params: {{res: 32, batch: 4, n_iter: 5}}
+      inputs:
+        checkpoint: train.checkpoint
+        history: {{from: evaluate.metrics, epoch: prev, first: eval0.metrics}}
+"
+    )
+}
