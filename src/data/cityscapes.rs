@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::KindConfig;
-use super::io::{list_dirs, list_files};
+use super::io::{list_dirs, list_files, missing_mask};
 use super::paired::{Entry, LabelMap, PairedDataset};
-use super::{ClassInfo, DataError, Skipped, Split};
+use super::{ClassInfo, DataError, Split};
 
 /// Settings of Cityscapes-27. `root` resolves against the pipeline file's
 /// folder.
@@ -173,17 +173,7 @@ impl CityscapesConfig {
                         Some(dir) => {
                             let m = dir.join(&city_name).join(format!("{id}{LABEL_SUFFIX}"));
                             if !m.is_file() {
-                                let err = DataError::MissingMask {
-                                    image: image.clone(),
-                                    expected: m,
-                                };
-                                if !self.skip_bad {
-                                    return Err(err);
-                                }
-                                skipped.push(Skipped {
-                                    file: image,
-                                    reason: err.to_string(),
-                                });
+                                missing_mask(image, m, self.skip_bad, &mut skipped)?;
                                 continue;
                             }
                             Some(m)

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::KindConfig;
-use super::io::{list_files, pascal_colour, read_text, stem, IMAGE_EXTS};
+use super::io::{list_files, missing_mask, pascal_colour, read_text, stem, IMAGE_EXTS};
 use super::paired::{Entry, LabelMap, PairedDataset};
 use super::{ClassInfo, DataError, Skipped, Split};
 
@@ -198,17 +198,7 @@ impl CocoConfig {
             let mask = if has_ann {
                 let m = ann_dir.join(format!("{id}.png"));
                 if !m.is_file() {
-                    let err = DataError::MissingMask {
-                        image: image.clone(),
-                        expected: m,
-                    };
-                    if !self.skip_bad {
-                        return Err(err);
-                    }
-                    skipped.push(Skipped {
-                        file: image,
-                        reason: err.to_string(),
-                    });
+                    missing_mask(image, m, self.skip_bad, &mut skipped)?;
                     continue;
                 }
                 Some(m)

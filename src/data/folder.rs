@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::{struct_fields, KindConfig};
-use super::io::{list_files, pascal_colour, read_text, stem, IMAGE_EXTS, MASK_EXTS};
+use super::io::{list_files, missing_mask, pascal_colour, read_text, stem, IMAGE_EXTS, MASK_EXTS};
 use super::paired::{Entry, LabelMap, PairedDataset};
-use super::{ClassInfo, DataError, Skipped, Split};
+use super::{ClassInfo, DataError, Split};
 
 /// One split's folders.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -258,18 +258,9 @@ impl FolderConfig {
                 (Some(m), Some(dir)) => match m.get(&id) {
                     Some(p) => Some(p.clone()),
                     None => {
-                        let err = DataError::MissingMask {
-                            expected: dir.join(format!("{id}.png")),
-                            image: image.clone(),
-                        };
-                        if self.skip_bad {
-                            skipped.push(Skipped {
-                                file: image,
-                                reason: err.to_string(),
-                            });
-                            continue;
-                        }
-                        return Err(err);
+                        let expected = dir.join(format!("{id}.png"));
+                        missing_mask(image, expected, self.skip_bad, &mut skipped)?;
+                        continue;
                     }
                 },
                 _ => None,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageReader, RgbImage};
 
-use super::DataError;
+use super::{DataError, Skipped};
 
 /// Extensions read as images (masks are PNG only: lossy formats would
 /// corrupt labels).
@@ -67,12 +67,9 @@ fn has_ext(path: &Path, exts: &[&str]) -> bool {
 
 /// Files directly in `dir` with one of `exts`, sorted by name; `what` names
 /// the folder's role in errors.
-pub(crate) fn list_files(
-    dir: &Path,
-    what: &'static str,
-    exts: &[&str],
-) -> Result<Vec<PathBuf>, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| {
+/// `read_dir` with a missing folder named as what it should hold.
+fn read_dir(dir: &Path, what: &'static str) -> Result<std::fs::ReadDir, DataError> {
+    std::fs::read_dir(dir).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::MissingDir {
                 what,
@@ -84,7 +81,35 @@ pub(crate) fn list_files(
                 source,
             }
         }
-    })?;
+    })
+}
+
+/// An image without its mask: an error, or with `skip_bad` an entry in `skipped` (the
+/// caller then leaves the image out).
+pub(crate) fn missing_mask(
+    image: PathBuf,
+    expected: PathBuf,
+    skip_bad: bool,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(), DataError> {
+    let file = image.clone();
+    let err = DataError::MissingMask { image, expected };
+    if !skip_bad {
+        return Err(err);
+    }
+    skipped.push(Skipped {
+        file,
+        reason: err.to_string(),
+    });
+    Ok(())
+}
+
+pub(crate) fn list_files(
+    dir: &Path,
+    what: &'static str,
+    exts: &[&str],
+) -> Result<Vec<PathBuf>, DataError> {
+    let entries = read_dir(dir, what)?;
     let mut out = Vec::new();
     for e in entries {
         let e = e.map_err(|source| DataError::Io {
@@ -102,19 +127,7 @@ pub(crate) fn list_files(
 
 /// Sub-folders of `dir`, sorted by name.
 pub(crate) fn list_dirs(dir: &Path, what: &'static str) -> Result<Vec<PathBuf>, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingDir {
-                what,
-                path: dir.to_path_buf(),
-            }
-        } else {
-            DataError::Io {
-                path: dir.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let entries = read_dir(dir, what)?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
