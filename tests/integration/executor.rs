@@ -78,7 +78,9 @@ stages:
 #[test]
 fn a_failing_stage_reports_its_own_error_and_keeps_committed_artifacts() {
     let _g = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
-    // `early` commits before the slow branch fails; the failure is the consumer's.
+    // `early` commits before the slow branch starts (`bad` reads its table, so the
+    // src/bad stream group waits for it), then the branch fails; the failure is the
+    // consumer's. Without that edge, `early` could be cancelled before committing.
     let yaml = format!(
         "{HEADER}stages:
   - name: early
@@ -90,7 +92,7 @@ fn a_failing_stage_reports_its_own_error_and_keeps_committed_artifacts() {
   - name: bad
     kind: sum
     params: {{fail: true}}
-    inputs: {{numbers: src.numbers}}
+    inputs: {{numbers: src.numbers, offset: early.table}}
   - name: after
     kind: acc
     inputs: {{base: bad.total}}
