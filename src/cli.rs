@@ -352,9 +352,7 @@ fn import_weights(input: &Path, output: &Path) -> Result<()> {
     }
     // .pth files are pickles: the venv's PyTorch reads them.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var_os("PICIE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let py = crate::python();
     let status = std::process::Command::new(&py)
         .arg(root.join("scripts/import_weights.py"))
         .arg(input)

@@ -32,6 +32,16 @@ pub mod stages;
 pub mod transforms;
 
 pub use context::{Context, Item};
+
+/// The Python that reads `.pth` files and serves as the tests' numerical oracle:
+/// `PICIE_PYTHON`, else the project venv that `scripts/setup.sh` makes.
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("PICIE_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        })
+}
 pub use error::{Error, StageError};
 pub use exec::{run, RunOptions};
 pub use plan::Plan;

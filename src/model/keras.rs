@@ -293,30 +293,13 @@ mod tests {
     use tch::nn::VarStore;
     use tch::Device;
 
-    /// This crate's root, or (when this file is compiled from elsewhere via `#[path]`) the
-    /// repository this source file lives in.
     pub(super) fn repo_root() -> PathBuf {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        if manifest.join("scripts/import_weights.py").exists() {
-            return manifest.to_path_buf();
-        }
-        let here = Path::new(file!());
-        let here = if here.is_absolute() {
-            here.to_path_buf()
-        } else {
-            manifest.join(here)
-        };
-        here.ancestors()
-            .nth(3)
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
     /// The venv's python (or `PICIE_PYTHON`), if present.
     pub(super) fn python() -> Option<PathBuf> {
-        let p = std::env::var_os("PICIE_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+        let p = crate::python();
         p.exists().then_some(p)
     }
 

@@ -302,23 +302,8 @@ mod tests {
 
     // ---- PyTorch parity --------------------------------------------------------------
 
-    /// The repository root: this crate's, or (when this file is compiled from elsewhere via
-    /// `#[path]`) the one this source file lives in.
     fn repo_root() -> PathBuf {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        if manifest.join("tests/python/model_parity.py").exists() {
-            return manifest.to_path_buf();
-        }
-        let here = Path::new(file!());
-        let here = if here.is_absolute() {
-            here.to_path_buf()
-        } else {
-            manifest.join(here)
-        };
-        here.ancestors()
-            .nth(3)
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
     fn read(path: &Path) -> HashMap<String, Tensor> {
@@ -360,9 +345,7 @@ mod tests {
     #[test]
     fn pytorch_parity() {
         let root = repo_root();
-        let python = std::env::var_os("PICIE_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv/bin/python"));
+        let python = crate::python();
         if !python.exists() {
             eprintln!(
                 "SKIP pytorch_parity: {} not found (run `make setup`)",

@@ -303,7 +303,7 @@ impl Lcg {
 #[test]
 fn hungarian_totals_match_scipy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
+    let python = picie::python();
     let script = root.join("tests/python/hungarian_check.py");
     if !python.is_file() {
         eprintln!(

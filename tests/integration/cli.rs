@@ -116,7 +116,7 @@ fn missing_files_and_stores_are_named() {
 
 #[test]
 fn artifacts_open_in_python_polars() {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let py = picie::python();
     let probe = Command::new(&py).args(["-c", "import polars"]).output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
         eprintln!(
