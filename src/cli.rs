@@ -131,10 +131,27 @@ pub fn main() -> ExitCode {
     match dispatch(cli, &crate::stages::builtin()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many of our messages already quote their
+/// source, which `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn init_logging(quiet: bool, verbose: u8) {
@@ -317,7 +334,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Kinds => {
             for k in registry.kinds() {
                 println!("{} (v{}): {}", k.kind(), k.version(), k.description());
-                if let Ok(c) = k.configure(None, Default::default()) {
+                if let Ok(c) = k.configure(None, Default::default(), Path::new(".")) {
                     for p in c.inputs() {
                         println!(
                             "    in  {:<12} {:?} {}{}",

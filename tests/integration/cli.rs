@@ -105,6 +105,13 @@ fn missing_files_and_stores_are_named() {
         "{}",
         text(&out)
     );
+    // Regression: the OS error was printed twice (once in the message, once as its source).
+    assert_eq!(
+        text(&out).matches("No such file").count(),
+        1,
+        "{}",
+        text(&out)
+    );
     let out = picie(dir.path(), &["ls", "--store", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
