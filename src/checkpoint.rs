@@ -10,7 +10,7 @@ use crate::artifact::{Artifact, ArtifactWriter};
 use crate::error::StageError;
 use crate::model::resnet::Arch;
 use crate::model::weights::{self, LoadConfig, Scope};
-use crate::model::{NetConfig, PicieNet};
+use crate::model::{InputNorm, NetConfig, PicieNet};
 
 /// The network as a pipeline names it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,8 @@ pub struct ModelSpec {
     pub dim: Option<i64>,
     pub stride_in_1x1: bool,
     pub bn_eps: f64,
+    /// The input the weights expect (the network converts the pipeline's ImageNet input).
+    pub input_norm: InputNorm,
 }
 
 impl Default for ModelSpec {
@@ -31,6 +33,7 @@ impl Default for ModelSpec {
             dim: None,
             stride_in_1x1: false,
             bn_eps: 1e-5,
+            input_norm: InputNorm::Imagenet,
         }
     }
 }
@@ -46,6 +49,7 @@ impl ModelSpec {
             stride_in_1x1: self.stride_in_1x1,
             dim: self.dim,
             bn_eps: self.bn_eps,
+            input_norm: self.input_norm,
         })
     }
 }
@@ -58,7 +62,36 @@ pub struct Loaded {
     pub adam: Option<AdamState>,
 }
 
+/// libtorch draws initial weights from one process-wide generator. Every network picie
+/// builds takes this lock, so "seed, then draw" stays atomic and pipelines running side by
+/// side in one process still get the weights their seed promises (building to load a
+/// checkpoint draws too, before the file's values replace the draws). Code drawing from
+/// that generator outside this lock, such as a unit test calling `Tensor::randn`, can still
+/// interleave; picie's stages do not.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new network with random weights drawn from `seed`, reproducibly.
+pub fn build_seeded(
+    spec: &ModelSpec,
+    device: tch::Device,
+    seed: u64,
+) -> Result<Loaded, StageError> {
+    let _rng = rng_lock();
+    tch::manual_seed(seed as i64);
+    build_unlocked(spec, device)
+}
+
+/// A new network with unseeded random weights (to be overwritten by a load).
 pub fn build(spec: &ModelSpec, device: tch::Device) -> Result<Loaded, StageError> {
+    let _rng = rng_lock();
+    build_unlocked(spec, device)
+}
+
+fn build_unlocked(spec: &ModelSpec, device: tch::Device) -> Result<Loaded, StageError> {
     let cfg = spec.net_config().map_err(StageError::msg)?;
     let vs = VarStore::new(device);
     let net = PicieNet::new(&vs.root(), &cfg).map_err(StageError::msg)?;
