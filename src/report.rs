@@ -10,13 +10,12 @@
 //! - `metrics.png`: mIoU (red) and pixel accuracy (blue) per epoch, 0..100.
 //! - `index.html`: all of them, with the metrics table.
 //!
-//! Predictions of the samples: the last evaluate node's checkpoint (its recorded `checkpoint`
-//! input), evaluation preprocessing at its `res`, network in eval mode, nearest centroid
-//! among the last `kmeans` node's view-1 centroids, scores upsampled bilinearly, argmax.
-//! Those centroids are not the evaluation's fresh k-means ones (which are not stored), so the
-//! evaluation's matching does not apply to their ids: the samples' clusters are matched to
-//! classes with a confusion accumulated on the N sample images themselves (Hungarian when
-//! K == classes, majority otherwise). The heat map uses the stored evaluation confusion.
+//! Predictions of the samples are the last evaluation's: its checkpoint (the recorded
+//! `checkpoint` input), its preprocessing at its `res`, network in eval mode, the centroids it
+//! stored (fresh k-means, or the training centroids for `dot_product`) with its predictor's
+//! score, upsampled bilinearly, argmax; clusters are coloured through the matching of the
+//! evaluation's own confusion over the whole validation split (Hungarian when K == classes,
+//! majority otherwise). The heat map uses the same confusion.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -195,15 +194,15 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
         })?
         .to_string();
     let ckpt = r.artifact_by_key(&ckpt_key, &eval.name, "checkpoint (input)")?;
-    let km = r.last_node("kmeans", "centroids")?;
-    let (centroids, _) = crate::tables::read_centroids(&r.artifact(km, "centroids")?, 1)?;
+    let (centroids, _) = crate::tables::read_centroids(&r.artifact(eval, "centroids")?, 1)?;
+    let dot_product = prov["params"]["predictor"].as_str() == Some("dot_product");
 
     let device = tch::Device::Cpu;
     let m = crate::checkpoint::load(&ckpt, device)?;
     if centroids.size()[1] != m.net.dim() {
         return Err(AnalysisError::Other(format!(
             "centroids of `{}` have dimension {}, the checkpoint's features {}",
-            km.name,
+            eval.name,
             centroids.size()[1],
             m.net.dim()
         )));
@@ -215,7 +214,6 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
         .view([1, -1, 1, 1]);
 
     let mut items = Vec::new();
-    let mut conf = Confusion::new(classes.len().max(1), k)?;
     for i in 0..n {
         let (img, mask) = preprocess::load_eval(val.as_ref(), i, res)
             .map_err(|e| AnalysisError::Other(e.to_string()))?;
@@ -232,8 +230,13 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
                 .net
                 .forward_t(&x, false)
                 .map_err(|e| AnalysisError::Other(e.to_string()))?;
-            // Nearest centroid: argmax 2<z, mu> - |mu|^2, as the evaluate stage does.
-            let scores = crate::stages::train::classify(&z, &centroids) * 2.0 - &norms;
+            // The evaluate stage's scores: nearest centroid (2<z, mu> - |mu|^2) or dot product.
+            let dots = crate::stages::train::classify(&z, &centroids);
+            let scores = if dot_product {
+                dots
+            } else {
+                dots * 2.0 - &norms
+            };
             let up = scores.upsample_bilinear2d([res as i64, res as i64], false, None, None);
             Ok(up.argmax(1, false))
         })?;
@@ -242,17 +245,24 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
             .into_iter()
             .map(|v| v as u32)
             .collect();
-        if let Some(mask) = &mask {
-            conf.add(&mask.data, &pred, Some(ignore))?;
-        }
         items.push((img, mask, pred));
     }
-    let matching = if conf.total() == 0 {
-        vec![None; k]
-    } else if k == conf.classes() {
-        metrics::match_clusters(&conf, Matching::Hungarian)?
-    } else {
-        metrics::match_clusters(&conf, Matching::Majority)?
+    // The evaluation's matching, over its whole validation confusion.
+    let conf = r
+        .confusion(eval.epoch.unwrap_or(0))
+        .ok()
+        .filter(|c| c.total() > 0);
+    let matching = match conf {
+        None => vec![None; k],
+        Some(c) if c.clusters() != k => {
+            return Err(AnalysisError::Other(format!(
+                "the confusion of `{}` has {} clusters, its centroids {k}",
+                eval.name,
+                c.clusters()
+            )))
+        }
+        Some(c) if k == c.classes() => metrics::match_clusters(&c, Matching::Hungarian)?,
+        Some(c) => metrics::match_clusters(&c, Matching::Majority)?,
     };
 
     // Small evaluation crops are scaled up (nearest) so the panels stay visible.

@@ -3,7 +3,8 @@
 //! its cluster (nearest centroid, scores upsampled bilinearly to the label size), clusters
 //! are matched to classes (Hungarian, or majority when over-clustering), and pixel accuracy
 //! and mIoU are computed. The metrics of earlier epochs come in through `history`, so one
-//! table holds them all.
+//! table holds them all. The centroids the predictions used are stored too (`centroids`),
+//! so `picie report` draws exactly the evaluated predictions.
 
 use std::sync::Arc;
 
@@ -96,7 +97,8 @@ pub fn metrics_schema() -> Arc<Schema> {
 impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 1;
+    // 2: the centroids used are an output.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
@@ -111,6 +113,7 @@ impl Stage for Evaluate {
         vec![
             Port::artifact("metrics", "metrics"),
             Port::artifact("confusion", "confusion"),
+            Port::artifact("centroids", "centroids"),
         ]
     }
     fn validate(p: &EvaluateParams) -> Vec<ParamError> {
@@ -146,16 +149,15 @@ impl Stage for Evaluate {
         let k = p.k.unwrap_or(classes);
         let ignore = val.ignore_index();
 
-        let centroids = match p.predictor {
+        let (centroids, counts) = match p.predictor {
             Predictor::DotProduct => {
                 if !ctx.has_input("centroids") {
                     return Err(StageError::msg(
                         "predictor `dot_product` needs the `centroids` input",
                     ));
                 }
-                tables::read_centroids(ctx.input("centroids")?, 1)?
-                    .0
-                    .to_device(device)
+                let (c, counts) = tables::read_centroids(ctx.input("centroids")?, 1)?;
+                (c.to_device(device), counts)
             }
             Predictor::NearestCentroid => {
                 let train = data.open(Split::Train).map_err(StageError::msg)?;
@@ -182,9 +184,22 @@ impl Stage for Evaluate {
                     device,
                 )
                 .map_err(StageError::msg)?;
-                fit.kmeans.centroids().shallow_clone()
+                (
+                    fit.kmeans.centroids().shallow_clone(),
+                    fit.kmeans.counts().to_vec(),
+                )
             }
         };
+        if centroids.size()[1] != m.net.dim() {
+            return Err(StageError::msg(format!(
+                "centroids have dimension {}, the network's features {}",
+                centroids.size()[1],
+                m.net.dim()
+            )));
+        }
+        let c_out = ctx.output("centroids")?;
+        c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
+        c_out.set_meta("k", counts.len());
 
         let n = p.val_limit.map_or(val.len(), |l| l.min(val.len()));
         let mut conf = Confusion::new(classes, k).map_err(StageError::msg)?;
