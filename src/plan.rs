@@ -247,7 +247,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 )
                 .hint("add e.g. `dataset: {kind: synthetic}` at the top level"),
             ),
-            Some(kind) => match kind.configure(s.params.as_ref(), s.loc) {
+            Some(kind) => match kind.configure(s.params.as_ref(), s.loc, &base_dir) {
                 Ok(c) => {
                     configured.insert(&s.name, c);
                 }
@@ -410,6 +410,12 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             "inputs": input_keys,
             "dataset": if kind.reads_dataset() { dataset_json.clone() } else { None },
         });
+        // Only stages that name files get the field, so other keys stay as they were.
+        let mut provenance = provenance;
+        let files = conf.files();
+        if files.as_object().is_some_and(|f| !f.is_empty()) {
+            provenance["files"] = files;
+        }
         let key = hash_hex(&serde_json::to_vec(&provenance).expect("json"));
         let outputs = conf.outputs();
         let output_keys = outputs

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use marked_yaml::Node;
@@ -90,6 +91,13 @@ pub trait Stage: Send + Sized + 'static {
     fn reads_dataset() -> bool {
         false
     }
+    /// Files the params name (param field, path as written) whose contents the output
+    /// depends on, e.g. a weights file. Paths are resolved against the pipeline file's folder
+    /// and hashed at plan time; the checksums go into the cache key, so replacing the file
+    /// re-runs the stage. A missing file is a plan error at that param.
+    fn input_files(_params: &Self::Params) -> Vec<(&'static str, PathBuf)> {
+        Vec::new()
+    }
     fn new(params: Self::Params) -> Self;
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
 }
@@ -105,6 +113,7 @@ pub trait Kind: Send + Sync {
         &self,
         params: Option<&Node>,
         at: Loc,
+        base_dir: &Path,
     ) -> Result<Arc<dyn Configured>, Vec<Diagnostic>>;
 }
 
@@ -112,6 +121,8 @@ pub trait Kind: Send + Sync {
 pub trait Configured: Send + Sync {
     /// Canonical params (defaults filled in, keys sorted) for the cache key.
     fn canonical(&self) -> serde_json::Value;
+    /// Param field -> {path, blake3} of the files in [`Stage::input_files`].
+    fn files(&self) -> serde_json::Value;
     fn inputs(&self) -> Vec<Port>;
     fn outputs(&self) -> Vec<Port>;
     fn instantiate(&self) -> Box<dyn Runnable>;
@@ -132,11 +143,15 @@ struct KindOf<S>(PhantomData<fn() -> S>);
 struct ConfiguredOf<S: Stage> {
     params: S::Params,
     canonical: serde_json::Value,
+    files: serde_json::Value,
 }
 
 impl<S: Stage> Configured for ConfiguredOf<S> {
     fn canonical(&self) -> serde_json::Value {
         self.canonical.clone()
+    }
+    fn files(&self) -> serde_json::Value {
+        self.files.clone()
     }
     fn inputs(&self) -> Vec<Port> {
         S::inputs(&self.params)
@@ -167,6 +182,7 @@ impl<S: Stage> Kind for KindOf<S> {
         &self,
         params: Option<&Node>,
         at: Loc,
+        base_dir: &Path,
     ) -> Result<Arc<dyn Configured>, Vec<Diagnostic>> {
         let mut diags = Vec::new();
         let map = params.and_then(Node::as_mapping);
@@ -217,16 +233,36 @@ impl<S: Stage> Kind for KindOf<S> {
                 }
             }
         };
-        for e in S::validate(&params) {
-            let loc = map
-                .and_then(|m| m.get_node(e.field.as_str()))
+        let field_loc = |field: &str| {
+            map.and_then(|m| m.get_node(field))
                 .map(|n| Loc::of(n.span()))
                 .or(map.map(|m| Loc::of(m.span())))
-                .unwrap_or(at);
+                .unwrap_or(at)
+        };
+        for e in S::validate(&params) {
             diags.push(Diagnostic::new(
-                loc,
+                field_loc(&e.field),
                 format!("bad value for `{}`: {}", e.field, e.message),
             ));
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let mut files = serde_json::Map::new();
+        for (field, path) in S::input_files(&params) {
+            let full = base_dir.join(&path);
+            match crate::store::checksum(&full) {
+                Ok(sum) => {
+                    files.insert(
+                        field.to_string(),
+                        serde_json::json!({"path": path, "blake3": sum}),
+                    );
+                }
+                Err(e) => diags.push(Diagnostic::new(
+                    field_loc(field),
+                    format!("cannot read `{field}` file {}: {e}", full.display()),
+                )),
+            }
         }
         if !diags.is_empty() {
             return Err(diags);
@@ -237,7 +273,11 @@ impl<S: Stage> Kind for KindOf<S> {
                 format!("params of `{}` do not serialise: {e}", S::KIND),
             )]
         })?;
-        Ok(Arc::new(ConfiguredOf::<S> { params, canonical }))
+        Ok(Arc::new(ConfiguredOf::<S> {
+            params,
+            canonical,
+            files: serde_json::Value::Object(files),
+        }))
     }
 }
 

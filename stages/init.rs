@@ -1,10 +1,28 @@
-//! `init`: the network before training, as a checkpoint artifact (random weights drawn
-//! from the pipeline's seed).
+//! `init`: the network before training, as a checkpoint artifact: seeded random weights,
+//! optionally overwritten from a pretrained safetensors file (`picie weights import` makes
+//! one from torchvision's .pth, the release's checkpoints or the Keras ResNet-50).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 use crate::checkpoint::{self, ModelSpec};
+use crate::model::weights::{self, LoadConfig, Scope};
+use crate::model::InputNorm;
 use crate::{Context, ParamError, Port, Stage, StageError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsScope {
+    /// Backbone only for torchvision-layout files, everything otherwise.
+    #[default]
+    Auto,
+    /// Every variable must come from the file (the release's checkpoints).
+    Full,
+    /// Only `backbone.*` (ImageNet weights); the decoder keeps its seeded random values.
+    BackboneOnly,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,6 +34,12 @@ pub struct InitParams {
     /// ResNet-50 with the stride on the bottleneck's first 1x1 conv (Caffe/Keras weights).
     pub stride_in_1x1: bool,
     pub bn_eps: f64,
+    /// The input the weights expect: `imagenet` (RGB mean/std) or `caffe_bgr` (Keras).
+    pub input_norm: InputNorm,
+    /// Pretrained weights (safetensors), relative to the pipeline file; its checksum is part
+    /// of the cache key.
+    pub weights: Option<PathBuf>,
+    pub weights_scope: WeightsScope,
 }
 
 impl Default for InitParams {
@@ -26,6 +50,9 @@ impl Default for InitParams {
             dim: m.dim,
             stride_in_1x1: m.stride_in_1x1,
             bn_eps: m.bn_eps,
+            input_norm: m.input_norm,
+            weights: None,
+            weights_scope: WeightsScope::Auto,
         }
     }
 }
@@ -37,6 +64,7 @@ impl InitParams {
             dim: self.dim,
             stride_in_1x1: self.stride_in_1x1,
             bn_eps: self.bn_eps,
+            input_norm: self.input_norm,
         }
     }
 }
@@ -48,7 +76,7 @@ impl Stage for Init {
     const KIND: &'static str = "init";
     const VERSION: u32 = 1;
     const DESCRIPTION: &'static str =
-        "the untrained network (seeded random weights) as a checkpoint";
+        "the untrained network (seeded random weights, or pretrained ones) as a checkpoint";
 
     fn inputs(_: &InitParams) -> Vec<Port> {
         vec![]
@@ -67,16 +95,44 @@ impl Stage for Init {
         if p.bn_eps.is_nan() || p.bn_eps <= 0.0 {
             e.push(ParamError::new("bn_eps", "must be positive"));
         }
+        if p.weights.is_none() && p.weights_scope != WeightsScope::Auto {
+            e.push(ParamError::new(
+                "weights_scope",
+                "only applies with a `weights` file",
+            ));
+        }
         e
+    }
+    fn input_files(p: &InitParams) -> Vec<(&'static str, PathBuf)> {
+        p.weights.iter().map(|w| ("weights", w.clone())).collect()
     }
     fn new(p: InitParams) -> Self {
         Self(p)
     }
 
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
-        // libtorch's generator draws the initial weights: seed it for reproducible runs.
-        tch::manual_seed(ctx.seed() as i64);
-        let m = checkpoint::build(&self.0.spec(), ctx.device().tch())?;
+        let p = &self.0;
+        let m = checkpoint::build_seeded(&p.spec(), ctx.device().tch(), ctx.seed())?;
+        if let Some(file) = &p.weights {
+            let path = ctx.base_dir().join(file);
+            let scope = match p.weights_scope {
+                WeightsScope::Auto => Scope::Auto,
+                WeightsScope::Full => Scope::Full,
+                WeightsScope::BackboneOnly => Scope::BackboneOnly,
+            };
+            let report = weights::load(&m.vs, &path, &LoadConfig { scope })
+                .map_err(|e| StageError::msg(format!("`weights`: {e}")))?;
+            info!(
+                "init: {} variables from {} ({:?} layout); kept random: {}; skipped in the file: {}",
+                report.loaded,
+                path.display(),
+                report.layout,
+                report.not_loaded.len(),
+                report.skipped.len()
+            );
+            let w = ctx.output("checkpoint")?;
+            w.set_meta("weights_loaded", report.loaded);
+        }
         checkpoint::save(ctx.output("checkpoint")?, &m)
     }
 }

@@ -45,6 +45,43 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
+/// What the backbone's weights expect as input. Every stage feeds ImageNet-normalised RGB
+/// (the release's preprocessing); the network converts it first when its weights were
+/// trained on something else, so data pipelines never change with the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputNorm {
+    /// RGB, (x / 255 - mean) / std: torchvision's and the release's.
+    #[default]
+    Imagenet,
+    /// BGR on the 0..255 scale minus Caffe's per-channel mean, unscaled: Keras/Caffe
+    /// ResNet-50 weights (see [`keras::CAFFE_BGR_MEAN`]).
+    CaffeBgr,
+}
+
+impl InputNorm {
+    /// Converts an ImageNet-normalised RGB batch (N x 3 x H x W) to what the weights expect.
+    pub fn adapt(self, x: &Tensor) -> Result<Tensor, ModelError> {
+        use crate::transforms::geometric::{IMAGENET_MEAN, IMAGENET_STD};
+        match self {
+            Self::Imagenet => Ok(x.shallow_clone()),
+            Self::CaffeBgr => {
+                let (dev, kind) = (x.device(), x.kind());
+                let col = |v: [f64; 3]| {
+                    Tensor::from_slice(&v)
+                        .to_kind(kind)
+                        .to_device(dev)
+                        .view([1, 3, 1, 1])
+                };
+                let rgb255 = (x * col(IMAGENET_STD.map(f64::from))
+                    + col(IMAGENET_MEAN.map(f64::from)))
+                    * 255.0;
+                Ok(rgb255.f_flip([1])? - col(keras::CAFFE_BGR_MEAN))
+            }
+        }
+    }
+}
+
 /// Network settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NetConfig {
@@ -55,6 +92,7 @@ pub struct NetConfig {
     pub dim: Option<i64>,
     /// BatchNorm epsilon (1e-5 PyTorch; 1e-3 for Keras-converted weights).
     pub bn_eps: f64,
+    pub input_norm: InputNorm,
 }
 
 impl Default for NetConfig {
@@ -64,6 +102,7 @@ impl Default for NetConfig {
             stride_in_1x1: false,
             dim: None,
             bn_eps: ResNetConfig::default().bn_eps,
+            input_norm: InputNorm::Imagenet,
         }
     }
 }
@@ -88,6 +127,7 @@ impl NetConfig {
 pub struct PicieNet {
     backbone: ResNet,
     decoder: FpnDecoder,
+    input_norm: InputNorm,
 }
 
 /// `F.normalize(x, dim=1)`: x / max(||x||_2, 1e-12) over channels.
@@ -109,7 +149,11 @@ impl PicieNet {
                 dim: cfg.dim(),
             },
         )?;
-        Ok(Self { backbone, decoder })
+        Ok(Self {
+            backbone,
+            decoder,
+            input_norm: cfg.input_norm,
+        })
     }
 
     pub fn backbone(&self) -> &ResNet {
@@ -189,7 +233,8 @@ impl PicieNet {
         train: bool,
     ) -> Result<(Features, Tensor), ModelError> {
         self.check_input(x)?;
-        let feats = self.backbone.forward_t(x, train)?;
+        let x = self.input_norm.adapt(x)?;
+        let feats = self.backbone.forward_t(&x, train)?;
         let dec = self.decoder.forward(&feats)?;
         Ok((feats, dec))
     }
@@ -280,6 +325,30 @@ mod tests {
         }
     }
 
+    /// The pipeline's ImageNet-normalised input, converted for Caffe weights, equals Caffe
+    /// preprocessing applied to the same 8-bit pixels directly.
+    #[test]
+    fn caffe_bgr_input_equals_direct_caffe_preprocessing() {
+        let px: Vec<u8> = (0..3 * 5 * 7).map(|i| (i * 37 % 256) as u8).collect();
+        let img = Tensor::from_slice(&px)
+            .view([1, 3, 5, 7])
+            .to_kind(Kind::Float);
+        let mean =
+            Tensor::from_slice(&crate::transforms::geometric::IMAGENET_MEAN).view([1, 3, 1, 1]);
+        let std =
+            Tensor::from_slice(&crate::transforms::geometric::IMAGENET_STD).view([1, 3, 1, 1]);
+        let imagenet = (&img / 255.0 - mean) / std;
+        let caffe_mean = Tensor::from_slice(&keras::CAFFE_BGR_MEAN)
+            .to_kind(Kind::Float)
+            .view([1, 3, 1, 1]);
+        let direct = img.flip([1]) - caffe_mean;
+        let got = InputNorm::CaffeBgr.adapt(&imagenet).unwrap();
+        let err = (got - &direct).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "max error {err}");
+        let same = InputNorm::Imagenet.adapt(&imagenet).unwrap();
+        assert_eq!((same - &imagenet).abs().max().double_value(&[]), 0.0);
+    }
+
     #[test]
     fn bad_net_configs_are_errors() {
         let vs = VarStore::new(Device::Cpu);
@@ -301,10 +370,6 @@ mod tests {
     }
 
     // ---- PyTorch parity --------------------------------------------------------------
-
-    fn repo_root() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    }
 
     fn read(path: &Path) -> HashMap<String, Tensor> {
         Tensor::read_safetensors(path)
@@ -344,35 +409,10 @@ mod tests {
     /// with stride_in_1x1 and Keras' eps. Skips (passing) without the venv or its packages.
     #[test]
     fn pytorch_parity() {
-        let root = repo_root();
-        let python = crate::python();
-        if !python.exists() {
-            eprintln!(
-                "SKIP pytorch_parity: {} not found (run `make setup`)",
-                python.display()
-            );
-            return;
-        }
-        let script = root.join("tests/python/model_parity.py");
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(&python)
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-            .expect("cannot start python");
-        if out.status.code() == Some(77) {
-            eprintln!(
-                "SKIP pytorch_parity: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        if crate::run_oracle("pytorch_parity", "model_parity.py", [dir.path()]).is_none() {
             return;
         }
-        assert!(
-            out.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
         let d = dir.path();
         let mut diffs = Vec::new();
 
