@@ -42,6 +42,50 @@ pub fn python() -> std::path::PathBuf {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
         })
 }
+
+/// Runs a reference script of `tests/python/` with the oracle Python. `None` (after saying
+/// SKIP and why) when that Python or its packages are absent (exit status 77); panics with
+/// the script's stderr when it fails.
+#[cfg(test)]
+pub(crate) fn run_oracle<I, S>(test: &str, script: &str, args: I) -> Option<std::process::Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let py = python();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = match std::process::Command::new(&py)
+        .arg(&path)
+        .args(args)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "SKIP {test}: cannot run {}: {e} (run scripts/setup.sh)",
+                py.display()
+            );
+            return None;
+        }
+    };
+    if out.status.code() == Some(77) {
+        eprintln!(
+            "SKIP {test}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(out)
+}
+
 pub use error::{Error, StageError};
 pub use exec::{run, RunOptions};
 pub use plan::Plan;

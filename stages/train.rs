@@ -240,3 +240,89 @@ impl Stage for Train {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment_params::Geometric;
+    use crate::batch::HostTensor;
+    use crate::checkpoint::ModelSpec;
+    use crate::model::weights::{self, LoadConfig};
+
+    fn get(ts: &[(String, Tensor)], name: &str) -> Tensor {
+        ts.iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no `{name}` in the reference"))
+            .1
+            .shallow_clone()
+    }
+
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs().max().double_value(&[])
+    }
+
+    /// Our loss terms and the gradients of the first conv and of a decoder conv equal
+    /// PyTorch's for the same weights, views, G, centroids, labels and cluster weights.
+    #[test]
+    fn loss_and_gradients_match_pytorch() {
+        let dir = tempfile::tempdir().unwrap();
+        if crate::run_oracle("loss parity", "loss_parity.py", [dir.path()]).is_none() {
+            return;
+        }
+
+        let m = checkpoint::build(&ModelSpec::default(), tch::Device::Cpu).unwrap();
+        weights::load(
+            &m.vs,
+            dir.path().join("weights.safetensors"),
+            &LoadConfig::default(),
+        )
+        .unwrap();
+        let case = Tensor::read_safetensors(dir.path().join("case.safetensors")).unwrap();
+        let refs = Tensor::read_safetensors(dir.path().join("ref.safetensors")).unwrap();
+        let geo = |crop_frac, u_x, u_y, flip| Geometric {
+            crop_frac,
+            u_x,
+            u_y,
+            flip,
+        };
+        let b = ViewBatch {
+            epoch: 1,
+            images: vec![0, 1],
+            view1: HostTensor::from_tensor(&get(&case, "x1")).unwrap(),
+            view2: HostTensor::from_tensor(&get(&case, "x2")).unwrap(),
+            geometric: vec![geo(0.5, 0.25, 0.75, true), geo(0.75, 0.25, 0.75, false)],
+        };
+        let (z1, z2) = b.features(&m.net, tch::Device::Cpu, true).unwrap();
+        let (c1, c2) = (get(&case, "c1"), get(&case, "c2"));
+        let (y1, y2) = (get(&case, "y1"), get(&case, "y2"));
+        let (w1, w2) = (get(&case, "w1"), get(&case, "w2"));
+        let (loss, within, cross) = picie_loss([&z1, &z2], [&y1, &y2], [&c1, &c2], [&w1, &w2]);
+        loss.backward();
+        for (name, ours) in [("loss", &loss), ("within", &within), ("cross", &cross)] {
+            let theirs = get(&refs, name).double_value(&[0]);
+            let ours = ours.double_value(&[]);
+            eprintln!("{name}: ours {ours}, PyTorch {theirs}");
+            assert!(
+                (ours - theirs).abs() < 1e-4,
+                "{name}: ours {ours}, PyTorch {theirs}"
+            );
+        }
+        let vars = m.vs.variables();
+        for (var, name) in [
+            ("backbone.conv1.weight", "grad_conv1"),
+            ("decoder.layer1.weight", "grad_decoder_layer1"),
+        ] {
+            let ours = vars[var].grad();
+            let theirs = get(&refs, name);
+            assert_eq!(ours.size(), theirs.size(), "{var}");
+            let err = max_abs(&(&ours - &theirs));
+            let scale = max_abs(&theirs);
+            eprintln!("{var}: max |ours - PyTorch| {err:e}, max |PyTorch| {scale:e}");
+            assert!(scale > 0.0, "{var}: zero reference gradient");
+            assert!(
+                err < 1e-4 && err <= 1e-3 * scale,
+                "{var}: max |ours - PyTorch| {err:e} (max |PyTorch| {scale:e})"
+            );
+        }
+    }
+}

@@ -567,10 +567,6 @@ mod tests {
             .unwrap_or_default();
         images.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")));
         images.sort();
-        let Some(py) = python() else {
-            eprintln!("SKIP keras_resnet50_top1: no venv python");
-            return;
-        };
         if images.is_empty() {
             eprintln!(
                 "SKIP keras_resnet50_top1: no images in {} (set PICIE_KERAS_IMAGES)",
@@ -580,25 +576,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let ref_path = dir.path().join("ref.safetensors");
-        let out = Command::new(&py)
-            .arg(repo_root().join("tests/python/keras_reference.py"))
-            .arg(&model_json)
-            .arg(&ref_path)
-            .args(&images)
-            .output()
-            .unwrap();
-        if out.status.code() == Some(77) {
-            eprintln!(
-                "SKIP keras_resnet50_top1: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let args = [model_json.clone(), ref_path.clone()]
+            .into_iter()
+            .chain(images.iter().cloned());
+        if crate::run_oracle("keras_resnet50_top1", "keras_reference.py", args).is_none() {
             return;
         }
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let reference: HashMap<String, Tensor> = Tensor::read_safetensors(&ref_path)
             .unwrap()
             .into_iter()
@@ -689,79 +672,5 @@ mod tests {
             .flip([0]);
         let mean = Tensor::from_slice(&CAFFE_BGR_MEAN.map(|m| m as f32)).reshape([3, 1, 1]);
         t - mean
-    }
-}
-
-/// Extraction speed of `PicieNet` against PyTorch eager (benches/extract_ref.py), run
-/// back to back: `cargo test --release --lib bench_extract_vs_pytorch -- --ignored --nocapture`.
-/// (Lives here, not in benches/bench.rs, only because of file ownership.)
-#[cfg(test)]
-mod bench {
-    use crate::model::{NetConfig, PicieNet};
-    use std::time::Instant;
-    use tch::nn::VarStore;
-    use tch::{Device, Kind, Tensor};
-
-    const BATCH: i64 = 16;
-    const SIZE: i64 = 320;
-    const THREADS: i32 = 2;
-    const WARMUP: usize = 2;
-    const ITERS: usize = 5;
-
-    /// Median images/s of our forward.
-    fn rust_rate(net: &PicieNet, x: &Tensor) -> f64 {
-        let mut rates = Vec::new();
-        for i in 0..WARMUP + ITERS {
-            let t = Instant::now();
-            let out = tch::no_grad(|| net.forward_t(x, false)).unwrap();
-            let dt = t.elapsed().as_secs_f64();
-            assert_eq!(out.size(), [BATCH, 128, SIZE / 4, SIZE / 4]);
-            if i >= WARMUP {
-                rates.push(BATCH as f64 / dt);
-            }
-        }
-        rates.sort_by(f64::total_cmp);
-        rates[ITERS / 2]
-    }
-
-    #[test]
-    #[ignore = "benchmark: slow, run explicitly"]
-    fn bench_extract_vs_pytorch() {
-        tch::set_num_threads(THREADS);
-        tch::manual_seed(0);
-        let vs = VarStore::new(Device::Cpu);
-        let net = PicieNet::new(&vs.root(), &NetConfig::default()).unwrap();
-        let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
-        let py = super::tests::python();
-        // Alternating rounds, so that load from other processes hits both sides alike.
-        for round in 1..=2 {
-            eprintln!(
-                "round {round} extract_rust: {:.2} images/s (median of {ITERS}, batch {BATCH}, \
-                 {SIZE}x{SIZE}, {THREADS} threads)",
-                rust_rate(&net, &x)
-            );
-            let Some(py) = &py else {
-                eprintln!("SKIP the PyTorch side: no venv python");
-                continue;
-            };
-            let out = std::process::Command::new(py)
-                .arg(super::tests::repo_root().join("benches/extract_ref.py"))
-                .args(["--batch", &BATCH.to_string(), "--size", &SIZE.to_string()])
-                .args(["--threads", &THREADS.to_string()])
-                .args([
-                    "--warmup",
-                    &WARMUP.to_string(),
-                    "--iters",
-                    &ITERS.to_string(),
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprint!("round {round} {}", String::from_utf8_lossy(&out.stdout));
-        }
     }
 }
