@@ -315,9 +315,117 @@ impl Stage for Slow {
     }
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureRowsParams {
+    pub images: u32,
+    pub side: i64,
+    pub dim: i64,
+    /// Poison one value of view 2 with NaN.
+    pub nan: bool,
+}
+impl Default for FeatureRowsParams {
+    fn default() -> Self {
+        Self {
+            images: 4,
+            side: 4,
+            dim: 8,
+            nan: false,
+        }
+    }
+}
+
+/// A source of a `features` artifact (both views) with chosen contents, for the k-means
+/// stage's bad-input tests.
+pub struct FeatureRows(FeatureRowsParams);
+impl Stage for FeatureRows {
+    type Params = FeatureRowsParams;
+    const KIND: &'static str = "feature_rows";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test source of pixel features";
+    fn inputs(_: &FeatureRowsParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &FeatureRowsParams) -> Vec<Port> {
+        vec![Port::artifact("features", "features")]
+    }
+    fn new(p: FeatureRowsParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let p = &self.0;
+        let n = p.images as i64 * p.dim * p.side * p.side;
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let map =
+            tch::Tensor::from_slice(&values).reshape([p.images as i64, p.dim, p.side, p.side]);
+        let ids: Vec<u32> = (0..p.images).collect();
+        let w = ctx.output("features")?;
+        w.write(&picie::tables::features_batch(&ids, 1, &map)?)?;
+        if p.nan && n > 0 {
+            let _ = map.get(0).get(0).get(0).get(0).fill_(f64::NAN);
+        }
+        w.write(&picie::tables::features_batch(&ids, 2, &map)?)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelRowsParams {
+    pub k: i64,
+}
+impl Default for LabelRowsParams {
+    fn default() -> Self {
+        Self { k: 3 }
+    }
+}
+
+/// Labels of 3 images x 2 views, 5x7 pixels, value (image * 31 + view * 7 + pixel) mod K,
+/// in two batches: a known `labels` artifact for the round-trip test.
+pub struct LabelRows(LabelRowsParams);
+impl LabelRows {
+    pub fn expected(k: i64, image: u32, view: u8) -> Vec<i64> {
+        (0..35)
+            .map(|p| (image as i64 * 31 + view as i64 * 7 + p) % k)
+            .collect()
+    }
+}
+impl Stage for LabelRows {
+    type Params = LabelRowsParams;
+    const KIND: &'static str = "label_rows";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test source of pseudo-labels";
+    fn inputs(_: &LabelRowsParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &LabelRowsParams) -> Vec<Port> {
+        vec![Port::artifact("labels", "labels")]
+    }
+    fn new(p: LabelRowsParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let k = self.0.k;
+        for images in [vec![0u32, 1], vec![2]] {
+            for view in [1u8, 2] {
+                let v: Vec<i64> = images
+                    .iter()
+                    .flat_map(|&i| Self::expected(k, i, view))
+                    .collect();
+                let t = tch::Tensor::from_slice(&v).reshape([images.len() as i64, 5, 7]);
+                ctx.output("labels")?
+                    .write(&picie::tables::labels_batch(&images, view, &t, k as usize)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn registry() -> Registry {
     let mut r = picie::stages::builtin();
     r.register::<Numbers>()
+        .register::<FeatureRows>()
+        .register::<LabelRows>()
         .register::<Sum>()
         .register::<Scale>()
         .register::<Merge>()

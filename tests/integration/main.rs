@@ -6,4 +6,5 @@ mod analysis;
 mod cache;
 mod cli;
 mod executor;
+mod picie;
 mod spec_errors;
