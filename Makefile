@@ -23,8 +23,12 @@ run: build
 test: setup
 	cargo test --all-targets
 
-bench: setup
-	cargo run --release --bin picie-bench
+# `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, kmeans-camvid,
+# kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
+B ?= all
+bench:
+	@bash scripts/setup.sh --bench
+	cargo run --release --bin picie-bench -- $(B)
 
 lint: setup
 	cargo fmt --all -- --check

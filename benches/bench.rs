@@ -5,6 +5,18 @@
 //! - augment [DIR]: decode + augment both views at 320 (CamVid train by default), 2
 //!   threads, then the same work with PIL/torchvision in the venv, same parameters
 //!   (target: at least 2x).
+//! - extract: ResNet-18 + FPN forward at 320, batch 16, 2 threads vs PyTorch eager (>= 1x).
+//! - kmeans [N K]: Lloyd on N x 128 unit vectors (default 1M, K 27) vs faiss-cpu and
+//!   scikit-learn from the same initial centroids (at most the faster peer's time).
+//! - kmeans-camvid: the same at CamVid's shape, 2,348,800 x 128, K 11.
+//! - kmeans-stream [MILLIONS]: peak memory of Lloyd streamed over ~10M features on disk.
+//! - evaluate [CAMVID]: the evaluate stage's images/s at 320 on CamVid.
+//!
+//! `all` (the default) runs plan, augment and rerun; the others are named explicitly.
+
+mod evaluate;
+mod extract;
+mod kmeans;
 
 use std::time::Instant;
 
@@ -208,7 +220,7 @@ fn bench_augment(dir: &str) -> anyhow::Result<()> {
         "augment  picie: {} images x {PASSES} passes, {THREADS} threads: median {ours:.1} images/s",
         files.len()
     );
-    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let py = picie::python();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/augment_ref.py");
     let out = std::process::Command::new(&py)
         .arg(&script)
@@ -274,6 +286,25 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(which, "all" | "rerun") {
         bench_rerun(args.get(1).map(String::as_str).unwrap_or("pipeline.yaml"))?;
+    }
+    let num = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("`{v}` is not a whole number"))
+        })
+    };
+    let camvid = format!("{}/../shared/data/camvid", env!("CARGO_MANIFEST_DIR"));
+    match which {
+        "extract" => extract::bench()?,
+        "kmeans" => kmeans::bench(num(1, 1_000_000)?, num(2, 27)?)?,
+        "kmeans-camvid" => kmeans::bench(2_348_800, 11)?,
+        "kmeans-stream" => kmeans::bench_stream(num(1, 10)?)?,
+        "evaluate" => evaluate::bench(args.get(1).unwrap_or(&camvid))?,
+        "all" | "plan" | "augment" | "rerun" => {}
+        other => anyhow::bail!(
+            "unknown benchmark `{other}`: all, plan, augment, rerun, extract, kmeans, \
+             kmeans-camvid, kmeans-stream, evaluate"
+        ),
     }
     Ok(())
 }

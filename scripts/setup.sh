@@ -2,6 +2,7 @@
 # One-time, idempotent set-up: a project-local Python venv with the PyTorch that tch needs
 # (its libtorch is what picie links against) and the Python oracles the tests compare with.
 # Quick when already done. Override the venv folder with PICIE_VENV.
+# `setup.sh --bench` also installs the benchmarks' peers (faiss-cpu, scikit-learn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,15 @@ TORCH=2.13.0           # tch 0.26 requires exactly this libtorch
 PY=${PYTHON:-python3}
 STAMP="$VENV/.picie-setup-v3"
 
+bench_peers() {
+    if ! "$VENV/bin/python" -c "import faiss, sklearn, threadpoolctl" 2>/dev/null; then
+        echo "setup: installing the benchmark peers faiss-cpu and scikit-learn into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check faiss-cpu scikit-learn threadpoolctl
+    fi
+}
+
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
+    [ "${1:-}" = "--bench" ] && bench_peers
     exit 0
 fi
 
@@ -24,4 +33,5 @@ fi
 echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a few GB, a minute or two)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors "pillow==13.0.0" numpy scipy polars
 touch "$STAMP"
+[ "${1:-}" = "--bench" ] && bench_peers
 echo "setup: done"

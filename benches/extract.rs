@@ -1,0 +1,87 @@
+//! `picie-bench extract`: images/s of feature extraction (ResNet-18 + the release's FPN,
+//! eval mode, no gradients) at 320x320, batch 16, 2 threads, against the same model in
+//! PyTorch eager (benches/extract_ref.py), alternating rounds so other load hits both alike.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use picie::model::{NetConfig, PicieNet};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+const BATCH: i64 = 16;
+const SIZE: i64 = 320;
+const THREADS: i32 = 2;
+const WARMUP: usize = 2;
+const ITERS: usize = 5;
+
+/// Median images/s of our forward.
+fn rate(net: &PicieNet, x: &Tensor) -> anyhow::Result<f64> {
+    let mut rates = Vec::new();
+    for i in 0..WARMUP + ITERS {
+        let t = Instant::now();
+        let out = tch::no_grad(|| net.forward_t(x, false))?;
+        let dt = t.elapsed().as_secs_f64();
+        anyhow::ensure!(out.size() == [BATCH, 128, SIZE / 4, SIZE / 4]);
+        if i >= WARMUP {
+            rates.push(BATCH as f64 / dt);
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[ITERS / 2])
+}
+
+pub fn bench() -> anyhow::Result<()> {
+    tch::set_num_threads(THREADS);
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let net = PicieNet::new(&vs.root(), &NetConfig::default())?;
+    let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/extract_ref.py");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=2 {
+        let r = rate(&net, &x)?;
+        println!(
+            "extract  round {round} picie:   {r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"
+        );
+        ours.push(r);
+        let out = std::process::Command::new(picie::python())
+            .arg(&script)
+            .args(["--batch", &BATCH.to_string(), "--size", &SIZE.to_string()])
+            .args(["--threads", &THREADS.to_string()])
+            .args([
+                "--warmup",
+                &WARMUP.to_string(),
+                "--iters",
+                &ITERS.to_string(),
+            ])
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!(
+            "extract  round {round} PyTorch: {}",
+            text.trim().trim_start_matches("extract_ref: ")
+        );
+        if let Some(v) = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            theirs.push(v);
+        }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    if !theirs.is_empty() {
+        println!(
+            "extract  ratio picie / PyTorch (best round each) = {:.2}x   target >= 1x",
+            best(&ours) / best(&theirs)
+        );
+    }
+    Ok(())
+}
