@@ -60,3 +60,25 @@ impl ViewBatch {
         Ok((z1, z2))
     }
 }
+
+/// What `extract` streams: both views' feature maps of a batch (view 2 already through G),
+/// B x D x h x w each.
+#[derive(Clone, Debug)]
+pub struct FeatureBatch {
+    pub epoch: u32,
+    pub images: Vec<u32>,
+    pub z1: HostTensor,
+    pub z2: HostTensor,
+}
+
+impl FeatureBatch {
+    /// One view's features as N x D rows, pixel-major per image: the order `extract` stores
+    /// them in.
+    pub fn rows(&self, view: u8) -> Tensor {
+        let z = if view == 1 { &self.z1 } else { &self.z2 };
+        let d = z.shape[1];
+        z.to_device(tch::Device::Cpu)
+            .permute([0, 2, 3, 1])
+            .reshape([-1, d])
+    }
+}

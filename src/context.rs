@@ -203,6 +203,14 @@ impl Context {
         Ok(())
     }
 
+    /// Whether a stream output has anyone reading it (sending to none is a no-op, but
+    /// preparing the item may cost).
+    pub fn has_consumers(&self, port: &str) -> bool {
+        self.streams_out
+            .get(port)
+            .is_some_and(|o| !o.consumers.is_empty())
+    }
+
     /// Whether an optional input is connected.
     pub fn has_input(&self, port: &str) -> bool {
         self.artifacts_in.contains_key(port) || self.streams_in.contains_key(port)

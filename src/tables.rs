@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch,
-    UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float16Array, Float32Array, Float64Array,
+    RecordBatch, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tch::{Kind, Tensor};
@@ -16,6 +16,25 @@ use crate::error::StageError;
 
 fn list_field(dim: i32) -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim)
+}
+
+/// How stored feature vectors are kept: f32, or f16 for half the disk and I/O (k-means
+/// reads them back as f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    fn arrow(self) -> DataType {
+        match self {
+            Self::F32 => DataType::Float32,
+            Self::F16 => DataType::Float16,
+        }
+    }
 }
 
 fn f32_list(values: Vec<f32>, dim: i32) -> Result<FixedSizeListArray, StageError> {
@@ -43,45 +62,99 @@ fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, Stage
         })
 }
 
-/// Per-pixel features: image, view, y, x, feature[D].
-pub fn features_schema(dim: i32) -> SchemaRef {
+/// Per-pixel features: image, view, y, x, feature[D] (f32 or f16).
+pub fn features_schema(dim: i32, precision: Precision) -> SchemaRef {
+    let item = Arc::new(Field::new("item", precision.arrow(), false));
     Arc::new(Schema::new(vec![
         Field::new("image", DataType::UInt32, false),
         Field::new("view", DataType::UInt8, false),
         Field::new("y", DataType::UInt16, false),
         Field::new("x", DataType::UInt16, false),
-        Field::new("feature", list_field(dim), false),
+        Field::new("feature", DataType::FixedSizeList(item, dim), false),
     ]))
 }
 
-/// A B x D x H x W feature map of one view as table rows (pixel-major per image).
+/// A B x D x H x W feature map of one view as f32 table rows, every pixel (pixel-major per
+/// image).
 pub fn features_batch(images: &[u32], view: u8, map: &Tensor) -> Result<RecordBatch, StageError> {
+    features_rows(images, view, map, Precision::F32, None)
+}
+
+/// [`features_batch`] with a storage precision and, optionally, only some pixels of each
+/// image: `pick[i]` lists image i's pixel indices (y * W + x), ascending.
+pub fn features_rows(
+    images: &[u32],
+    view: u8,
+    map: &Tensor,
+    precision: Precision,
+    pick: Option<&[Vec<i64>]>,
+) -> Result<RecordBatch, StageError> {
     let (b, d, h, w) = map.size4()?;
-    if b as usize != images.len() {
+    if b as usize != images.len() || pick.is_some_and(|p| p.len() != images.len()) {
         return Err(StageError::msg("feature map and image ids differ in count"));
     }
-    let rows = (b * h * w) as usize;
-    let values = tensor_f32(&map.permute([0, 2, 3, 1]))?;
-    let mut image = Vec::with_capacity(rows);
-    let mut ys = Vec::with_capacity(rows);
-    let mut xs = Vec::with_capacity(rows);
-    for &img in images {
-        for y in 0..h {
-            for x in 0..w {
-                image.push(img);
-                ys.push(y as u16);
-                xs.push(x as u16);
-            }
-        }
+    if h > u16::MAX as i64 + 1 || w > u16::MAX as i64 + 1 {
+        return Err(StageError::msg(format!(
+            "feature map {h}x{w} is too large to index"
+        )));
     }
+    // B x HW x D, pixel-major.
+    let pixels = map
+        .to_device(tch::Device::Cpu)
+        .permute([0, 2, 3, 1])
+        .reshape([b, h * w, d]);
+    let all: Vec<i64> = (0..h * w).collect();
+    let mut image = Vec::new();
+    let mut ys = Vec::new();
+    let mut xs = Vec::new();
+    let mut parts = Vec::with_capacity(b as usize);
+    for (i, &img) in images.iter().enumerate() {
+        let idx = pick.map_or(all.as_slice(), |p| p[i].as_slice());
+        if idx.iter().any(|&p| p < 0 || p >= h * w) {
+            return Err(StageError::msg("pixel sample index out of the feature map"));
+        }
+        for &p in idx {
+            image.push(img);
+            ys.push((p / w) as u16);
+            xs.push((p % w) as u16);
+        }
+        let rows = pixels.get(i as i64);
+        parts.push(if pick.is_some() {
+            rows.index_select(0, &Tensor::from_slice(idx))
+        } else {
+            rows
+        });
+    }
+    let rows = image.len();
+    let flat = if parts.is_empty() {
+        Tensor::zeros([0, d], (Kind::Float, tch::Device::Cpu))
+    } else {
+        Tensor::f_cat(&parts, 0)?.contiguous()
+    };
+    let values: ArrayRef = match precision {
+        Precision::F32 => Arc::new(Float32Array::from(tensor_f32(&flat)?)),
+        Precision::F16 => {
+            let halves = Vec::<half::f16>::try_from(flat.to_kind(Kind::Half).flatten(0, -1))?;
+            Arc::new(Float16Array::from(halves))
+        }
+    };
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", precision.arrow(), false)),
+        d as i32,
+        values,
+        None,
+    )?;
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from(image)),
         Arc::new(UInt8Array::from(vec![view; rows])),
         Arc::new(UInt16Array::from(ys)),
         Arc::new(UInt16Array::from(xs)),
-        Arc::new(f32_list(values, d as i32)?),
+        Arc::new(list),
     ];
-    Ok(RecordBatch::try_new(features_schema(d as i32), cols)?)
+    Ok(RecordBatch::try_new(
+        features_schema(d as i32, precision),
+        cols,
+    )?)
 }
 
 /// The features of one view of a batch, as an N x D tensor.
@@ -89,18 +162,27 @@ pub fn features_of_view(b: &RecordBatch, view: u8) -> Result<Tensor, StageError>
     let views = column::<UInt8Array>(b, "view")?;
     let list = column::<FixedSizeListArray>(b, "feature")?;
     let dim = list.value_length() as i64;
-    let vals = list
-        .values()
-        .as_any()
-        .downcast_ref::<Float32Array>()
-        .ok_or_else(|| StageError::msg("feature values are not f32"))?;
-    let all = vals.values();
-    let mut out = Vec::with_capacity(all.len());
-    for i in 0..b.num_rows() {
-        if views.value(i) == view {
-            let s = i * dim as usize + list.offset() * dim as usize;
-            out.extend_from_slice(&all[s..s + dim as usize]);
+    let values = list.values();
+    let mut out = Vec::new();
+    let mut take = |copy: &mut dyn FnMut(usize, &mut Vec<f32>)| {
+        for i in 0..b.num_rows() {
+            if views.value(i) == view {
+                copy(i * dim as usize + list.offset() * dim as usize, &mut out);
+            }
         }
+    };
+    let d = dim as usize;
+    if let Some(v) = values.as_any().downcast_ref::<Float32Array>() {
+        let all = v.values();
+        take(&mut |s, out| out.extend_from_slice(&all[s..s + d]));
+    } else if let Some(v) = values.as_any().downcast_ref::<Float16Array>() {
+        let all = v.values();
+        take(&mut |s, out| out.extend(all[s..s + d].iter().map(|h| h.to_f32())));
+    } else {
+        return Err(StageError::msg(format!(
+            "feature values are {}, not f32 or f16",
+            values.data_type()
+        )));
     }
     let n = out.len() as i64 / dim.max(1);
     Ok(Tensor::from_slice(&out).reshape([n, dim]))
