@@ -1,6 +1,8 @@
-//! `kmeans`: clusters every stored pixel feature, separately for each view, as released
-//! (`minibatch`: full k-means on the first batches, then the online update) or by exact
-//! full-batch Lloyd streamed from disk (`lloyd`).
+//! `kmeans`: clusters every pixel feature, separately for each view, as released
+//! (`minibatch`: full k-means on the first `init_rows` rows, then the online update every
+//! `batch_rows` rows) or by exact full-batch Lloyd streamed from disk (`lloyd`). Features
+//! come from the stored `features` artifact or straight from `extract`'s `stream` (minibatch
+//! only: one pass); both give the same centroids.
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::batch::FeatureBatch;
 use crate::kmeans::{self, Init, Kmeans, KmeansConfig, Metric};
 use crate::tables;
 use crate::{Context, ParamError, Port, Stage, StageError};
@@ -30,7 +33,7 @@ pub struct KmeansParams {
     pub metric: Metric,
     /// `minibatch`: rows of the first batches that the initial full k-means sees.
     pub init_rows: usize,
-    /// `minibatch`: rows per online update.
+    /// `minibatch`: rows per online update (the last update takes what is left).
     pub batch_rows: usize,
     /// The release seeds faiss with 0 whatever the run's seed; `true` does the same.
     pub fixed_seed: bool,
@@ -72,11 +75,15 @@ fn stats_batch(rows: &[(u8, u32, f64, u64)]) -> Result<RecordBatch, StageError> 
 impl Stage for KmeansStage {
     type Params = KmeansParams;
     const KIND: &'static str = "kmeans";
-    const VERSION: u32 = 1;
+    // 2: online updates of exactly `batch_rows` rows; the `stream` input.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str = "k-means centroids of each view's pixel features";
 
     fn inputs(_: &KmeansParams) -> Vec<Port> {
-        vec![Port::artifact("features", "features")]
+        vec![
+            Port::artifact("features", "features").optional(),
+            Port::stream("stream", "feature_batch").optional(),
+        ]
     }
     fn outputs(_: &KmeansParams) -> Vec<Port> {
         vec![
@@ -111,7 +118,17 @@ impl Stage for KmeansStage {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let features = ctx.input("features")?.clone();
+        let (stored, streamed) = (ctx.has_input("features"), ctx.has_input("stream"));
+        if stored == streamed {
+            return Err(StageError::msg(
+                "connect exactly one of `features` (the stored artifact) and `stream` (extract's stream)",
+            ));
+        }
+        if streamed && p.mode == Mode::Lloyd {
+            return Err(StageError::msg(
+                "mode `lloyd` passes over the data many times: read the stored `features`, or use mode `minibatch` with the stream",
+            ));
+        }
         let cfg = KmeansConfig {
             k: p.k,
             metric: p.metric,
@@ -121,121 +138,205 @@ impl Stage for KmeansStage {
             ..KmeansConfig::default()
         };
         let mut stats = Vec::new();
-        for view in [1u8, 2] {
-            ctx.check_cancelled()?;
-            let features = &features;
-            let chunks = move || {
-                features
-                    .batches()
-                    .map(move |b| b.and_then(|b| tables::features_of_view(&b, view)))
-            };
-            let (centroids, counts) = match p.mode {
-                Mode::Lloyd => {
-                    let fit = kmeans::lloyd(chunks, &cfg, device).map_err(StageError::msg)?;
-                    for s in &fit.iters {
-                        stats.push((
-                            view,
-                            s.iteration as u32,
-                            s.objective,
-                            s.empty_repaired as u64,
-                        ));
-                    }
-                    (
-                        fit.kmeans.centroids().shallow_clone(),
-                        fit.kmeans.counts().to_vec(),
-                    )
+        let mut fitted: Vec<(Tensor, Vec<u64>)> = Vec::new();
+        if p.mode == Mode::Lloyd {
+            let features = ctx.input("features")?.clone();
+            for view in [1u8, 2] {
+                ctx.check_cancelled()?;
+                let features = &features;
+                let chunks = move || {
+                    features
+                        .batches()
+                        .map(move |b| b.and_then(|b| tables::features_of_view(&b, view)))
+                };
+                let fit = kmeans::lloyd(chunks, &cfg, device)
+                    .map_err(|e| StageError::msg(format!("view {view}: {e}")))?;
+                for s in &fit.iters {
+                    stats.push((
+                        view,
+                        s.iteration as u32,
+                        s.objective,
+                        s.empty_repaired as u64,
+                    ));
                 }
-                Mode::Minibatch => {
-                    let (mut km, later) =
-                        minibatch_init(chunks, &cfg, p.init_rows, device, &mut stats, view)?;
-                    // Later rows, in batches of `batch_rows`: the release's online update.
-                    let mut buf: Vec<Tensor> = Vec::new();
-                    let mut rows = 0i64;
-                    let mut step = 0u32;
-                    let mut flush =
-                        |buf: &mut Vec<Tensor>, km: &mut Kmeans| -> Result<(), StageError> {
-                            if buf.is_empty() {
-                                return Ok(());
-                            }
-                            let t = Tensor::cat(buf, 0);
-                            buf.clear();
-                            let s = km.minibatch_update(&t).map_err(StageError::msg)?;
-                            step += 1;
-                            stats.push((view, cfg.n_iter as u32 + step, s.objective, 0));
-                            Ok(())
-                        };
-                    for t in later {
+                fitted.push((
+                    fit.kmeans.centroids().shallow_clone(),
+                    fit.kmeans.counts().to_vec(),
+                ));
+            }
+        } else {
+            let mut views = [1u8, 2].map(|v| Online::new(v, &cfg, &p, device));
+            if streamed {
+                while let Some(b) = ctx.recv_as::<FeatureBatch>("stream")? {
+                    for o in &mut views {
+                        o.push(b.rows(o.view), &mut stats)?;
+                    }
+                }
+            } else {
+                let features = ctx.input("features")?.clone();
+                for o in &mut views {
+                    for b in features.batches() {
                         ctx.check_cancelled()?;
-                        let t = t?;
-                        rows += t.size()[0];
-                        buf.push(t);
-                        if rows >= p.batch_rows as i64 {
-                            flush(&mut buf, &mut km)?;
-                            rows = 0;
-                        }
+                        o.push(tables::features_of_view(&b?, o.view)?, &mut stats)?;
                     }
-                    flush(&mut buf, &mut km)?;
-                    (km.centroids().shallow_clone(), km.counts().to_vec())
                 }
-            };
-            ctx.output("centroids")?
-                .write(&tables::centroids_batch(view, &centroids, &counts)?)?;
+            }
+            for o in views {
+                fitted.push(o.finish(&mut stats)?);
+            }
         }
-        let w = ctx.output("centroids")?;
-        w.set_meta("k", p.k);
+        // One order whatever the input: by view, then iteration.
+        stats.sort_by_key(|r| (r.0, r.1));
+        for (i, (centroids, counts)) in fitted.iter().enumerate() {
+            ctx.output("centroids")?.write(&tables::centroids_batch(
+                i as u8 + 1,
+                centroids,
+                counts,
+            )?)?;
+        }
+        ctx.output("centroids")?.set_meta("k", p.k);
         ctx.output("stats")?.write(&stats_batch(&stats)?)?;
         Ok(())
     }
 }
 
-type Chunks<'a> = Box<dyn Iterator<Item = Result<Tensor, StageError>> + 'a>;
+type StatRow = (u8, u32, f64, u64);
 
-/// Full k-means on the first `init_rows` rows; returns the model and the remaining rows.
-fn minibatch_init<'a, F, I>(
-    chunks: F,
-    cfg: &KmeansConfig,
-    init_rows: usize,
-    device: tch::Device,
-    stats: &mut Vec<(u8, u32, f64, u64)>,
+/// The release's mini-batch k-means of one view, fed rows in order: full k-means on the
+/// first `init_rows` rows, then one online update per `batch_rows` rows.
+struct Online<'a> {
     view: u8,
-) -> Result<(Kmeans, Chunks<'a>), StageError>
-where
-    F: Fn() -> I,
-    I: Iterator<Item = Result<Tensor, StageError>> + 'a,
-{
-    let mut it = chunks();
-    let mut head: Vec<Tensor> = Vec::new();
-    let mut rows = 0usize;
-    let mut rest: Vec<Tensor> = Vec::new();
-    for t in it.by_ref() {
-        let t = t?;
-        let n = t.size()[0] as usize;
-        if rows + n <= init_rows {
-            rows += n;
-            head.push(t);
-        } else {
-            let take = (init_rows - rows) as i64;
-            if take > 0 {
-                head.push(t.narrow(0, 0, take));
-            }
-            rest.push(t.narrow(0, take, n as i64 - take));
-            break;
+    cfg: &'a KmeansConfig,
+    init_rows: usize,
+    batch_rows: usize,
+    device: tch::Device,
+    km: Option<Kmeans>,
+    /// Rows waiting: the initial sample, then the next online batch. Kept in pieces of
+    /// exactly `cfg.chunk_rows` rows (the last one filling), so the initial k-means runs over
+    /// them without a concatenated copy and sees the same blocks however the rows arrived.
+    buf: Vec<Tensor>,
+    filling: Vec<Tensor>,
+    filling_rows: usize,
+    buf_rows: usize,
+    updates: u32,
+}
+
+impl<'a> Online<'a> {
+    fn new(view: u8, cfg: &'a KmeansConfig, p: &KmeansParams, device: tch::Device) -> Self {
+        Self {
+            view,
+            cfg,
+            init_rows: p.init_rows,
+            batch_rows: p.batch_rows,
+            device,
+            km: None,
+            buf: Vec::new(),
+            filling: Vec::new(),
+            filling_rows: 0,
+            buf_rows: 0,
+            updates: 0,
         }
     }
-    if head.is_empty() {
-        return Err(StageError::msg(
-            "the features artifact has no rows for this view",
-        ));
+
+    /// Appends rows to the waiting buffer, sealing each full `chunk_rows` piece.
+    fn keep(&mut self, rows: Tensor) {
+        let mut rows = rows;
+        let chunk = self.cfg.chunk_rows.max(1);
+        self.buf_rows += rows.size()[0] as usize;
+        while rows.size()[0] > 0 {
+            let n = rows.size()[0] as usize;
+            let take = (chunk - self.filling_rows).min(n);
+            self.filling.push(rows.narrow(0, 0, take as i64));
+            self.filling_rows += take;
+            rows = rows.narrow(0, take as i64, (n - take) as i64);
+            if self.filling_rows == chunk {
+                self.seal();
+            }
+        }
     }
-    let fit = Kmeans::init_from(&Tensor::cat(&head, 0), cfg, device).map_err(StageError::msg)?;
-    for s in &fit.iters {
-        stats.push((
-            view,
-            s.iteration as u32,
-            s.objective,
-            s.empty_repaired as u64,
-        ));
+
+    fn seal(&mut self) {
+        if self.filling.is_empty() {
+            return;
+        }
+        let piece = if self.filling.len() == 1 {
+            self.filling.pop().expect("one piece")
+        } else {
+            Tensor::cat(&self.filling, 0)
+        };
+        self.filling.clear();
+        self.filling_rows = 0;
+        self.buf.push(piece);
     }
-    let later: Chunks<'a> = Box::new(rest.into_iter().map(Ok).chain(it));
-    Ok((fit.kmeans, later))
+
+    fn push(&mut self, mut rows: Tensor, stats: &mut Vec<StatRow>) -> Result<(), StageError> {
+        loop {
+            let n = rows.size()[0] as usize;
+            let want = if self.km.is_none() {
+                self.init_rows
+            } else {
+                self.batch_rows
+            };
+            let room = want - self.buf_rows;
+            if n < room {
+                if n > 0 {
+                    self.keep(rows);
+                }
+                return Ok(());
+            }
+            self.keep(rows.narrow(0, 0, room as i64));
+            rows = rows.narrow(0, room as i64, (n - room) as i64);
+            self.flush(stats)?;
+        }
+    }
+
+    /// Uses the waiting rows: the initial k-means, or one online update.
+    fn flush(&mut self, stats: &mut Vec<StatRow>) -> Result<(), StageError> {
+        self.seal();
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let pieces = std::mem::take(&mut self.buf);
+        self.buf_rows = 0;
+        let view = self.view;
+        let err = |e: kmeans::KmeansError| StageError::msg(format!("view {view}: {e}"));
+        match self.km.as_mut() {
+            None => {
+                // = Kmeans::init_from on the concatenation, without making it.
+                let fit = kmeans::lloyd(
+                    || {
+                        pieces
+                            .iter()
+                            .map(|t| Ok::<_, StageError>(t.shallow_clone()))
+                    },
+                    self.cfg,
+                    self.device,
+                )
+                .map_err(err)?;
+                for s in &fit.iters {
+                    stats.push((
+                        view,
+                        s.iteration as u32,
+                        s.objective,
+                        s.empty_repaired as u64,
+                    ));
+                }
+                self.km = Some(fit.kmeans);
+            }
+            Some(km) => {
+                let s = km.minibatch_update(&Tensor::cat(&pieces, 0)).map_err(err)?;
+                self.updates += 1;
+                stats.push((view, self.cfg.n_iter as u32 + self.updates, s.objective, 0));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, stats: &mut Vec<StatRow>) -> Result<(Tensor, Vec<u64>), StageError> {
+        self.flush(stats)?;
+        let km = self
+            .km
+            .ok_or_else(|| StageError::msg(format!("view {}: the input has no rows", self.view)))?;
+        Ok((km.centroids().shallow_clone(), km.counts().to_vec()))
+    }
 }
