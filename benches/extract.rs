@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use picie::model::{NetConfig, PicieNet};
-use tch::nn::VarStore;
+use picie::checkpoint::{self, ModelSpec};
+use picie::model::PicieNet;
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 16;
@@ -34,14 +34,15 @@ fn rate(net: &PicieNet, x: &Tensor) -> anyhow::Result<f64> {
 
 pub fn bench() -> anyhow::Result<()> {
     tch::set_num_threads(THREADS);
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let net = PicieNet::new(&vs.root(), &NetConfig::default())?;
+    // As the extract, label and evaluate stages hold it.
+    let m = checkpoint::build_seeded(&ModelSpec::default(), Device::Cpu, 0)?;
+    m.for_inference();
+    let net = &m.net;
     let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/extract_ref.py");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 1..=2 {
-        let r = rate(&net, &x)?;
+        let r = rate(net, &x)?;
         println!(
             "extract  round {round} picie:   {r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"
         );

@@ -118,6 +118,25 @@ pub fn save(w: &mut ArtifactWriter, m: &Loaded) -> Result<(), StageError> {
     Ok(())
 }
 
+impl Loaded {
+    /// Prepares the network for forward passes without gradients: on the CPU, conv weights
+    /// go to channels-last memory order, which oneDNN runs about 1.2x faster here (measured
+    /// with ResNet-18 at 320, batch 16, 2 threads). Same mathematics, other summation order.
+    /// Training keeps the default order, which is faster for the backward pass on this CPU.
+    pub fn for_inference(&self) {
+        if self.vs.device() != tch::Device::Cpu {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        for (_, mut v) in self.vs.variables() {
+            if v.dim() == 4 {
+                let nhwc = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                v.set_data(&nhwc);
+            }
+        }
+    }
+}
+
 /// Loads a checkpoint artifact onto `device`.
 pub fn load(a: &Artifact, device: tch::Device) -> Result<Loaded, StageError> {
     let spec: ModelSpec = a

@@ -143,11 +143,19 @@ impl Stage for Evaluate {
         let p = self.0.clone();
         let device = ctx.device().tch();
         let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        m.for_inference();
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val).map_err(StageError::msg)?;
         let classes = val.classes().len();
         let k = p.k.unwrap_or(classes);
         let ignore = val.ignore_index();
+        if p.matching == MatchingParam::Hungarian && k < classes {
+            // Checked before any work: the matching would fail only at the end.
+            return Err(StageError::msg(format!(
+                "k = {k} clusters for {classes} classes: Hungarian matching needs k >= classes \
+                 (raise `k`, or use `matching: majority`)"
+            )));
+        }
 
         let (centroids, counts) = match p.predictor {
             Predictor::DotProduct => {
