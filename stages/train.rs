@@ -235,7 +235,13 @@ impl Stage for Train {
             return Err(StageError::msg("no training batches arrived"));
         }
         m.adam = Some(adam);
-        checkpoint::save(ctx.output("checkpoint")?, &m)?;
+        // No generator state to keep: every random draw in picie is a pure function of
+        // (seed, epoch, image), so the seed and epoch are the whole RNG state to resume from.
+        let seed = ctx.seed();
+        let out = ctx.output("checkpoint")?;
+        out.set_meta("epoch", epoch);
+        out.set_meta("seed", seed);
+        checkpoint::save(out, &m)?;
         ctx.output("metrics")?.write(&metrics_batch(&rows)?)?;
         Ok(())
     }
