@@ -531,7 +531,7 @@ loop:
       kind: label
       inputs:
         batches: aug_label.batches
-        checkpoint: {{from: train.checkpoint, epoch: prev, first: init.checkpoint}}
+        checkpoint: features.checkpoint
         centroids: kmeans.centroids
     - name: aug_train
       kind: augment
@@ -540,7 +540,7 @@ loop:
       kind: train
       inputs:
         batches: aug_train.batches
-        checkpoint: {{from: train.checkpoint, epoch: prev, first: init.checkpoint}}
+        checkpoint: features.checkpoint
         centroids: kmeans.centroids
         labels: label.labels
         weights: label.weights
