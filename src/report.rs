@@ -473,12 +473,32 @@ fn tick_label(v: f64, step: f64) -> String {
     if a >= 1e6 || (a > 0.0 && a < 1e-4) {
         return format!("{v:.2e}");
     }
+    // The fewest decimals that write the step exactly (0.25 needs 2, 0.2 needs 1).
     let decimals = if step > 0.0 && step.is_finite() {
-        (-step.log10().floor()).clamp(0.0, 6.0) as usize
+        (0..=6)
+            .find(|&d| {
+                let scaled = step * 10f64.powi(d);
+                (scaled - scaled.round()).abs() < 1e-6 * scaled.max(1.0)
+            })
+            .unwrap_or(6) as usize
     } else {
         2
     };
     format!("{v:.decimals$}")
+}
+
+/// A round tick spacing (1, 2, 2.5 or 5 times a power of ten) giving about four intervals.
+fn nice_step(span: f64) -> f64 {
+    let raw = span / 4.0;
+    if raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let mag = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * mag)
 }
 
 /// Tick positions: five even ones, or whole numbers when the x values are counts (steps,
@@ -494,9 +514,19 @@ fn ticks(min: f64, max: f64, whole: bool) -> Vec<f64> {
         }
         t
     } else {
-        (0..=4)
-            .map(|i| min + i as f64 / 4.0 * (max - min))
-            .collect()
+        // Round values, so that labels are exact (2.4, 2.2, 2.0 rather than 2.25 shown as 2.2).
+        let step = nice_step(max - min);
+        let mut t = Vec::new();
+        let mut i = (min / step - 1e-9).ceil();
+        while i * step <= max + 1e-9 * step {
+            // `+ 0.0` turns -0.0 (from ceil of a tiny negative) into 0.0.
+            t.push(i * step + 0.0);
+            i += 1.0;
+        }
+        if t.is_empty() {
+            t.push(min);
+        }
+        t
     }
 }
 
@@ -550,7 +580,7 @@ pub fn line_plot(series: &[Series<'_>], vlines: &[f64], y_range: Option<(f64, f6
         .flat_map(|s| s.0.iter())
         .all(|p| p.0.fract() == 0.0);
     let xt = ticks(xmin, xmax, whole);
-    let xstep = if whole { 1.0 } else { (xmax - xmin) / 4.0 };
+    let xstep = if whole { 1.0 } else { nice_step(xmax - xmin) };
     for xv in xt {
         let x = px(xv);
         line(&mut img, (x, top + ph), (x, top + ph + 5), BLACK);
@@ -560,7 +590,7 @@ pub fn line_plot(series: &[Series<'_>], vlines: &[f64], y_range: Option<(f64, f6
     for yv in ticks(ymin, ymax, false) {
         let y = py(yv);
         line(&mut img, (left - 5, y), (left, y), BLACK);
-        let ly = tick_label(yv, (ymax - ymin) / 4.0);
+        let ly = tick_label(yv, nice_step(ymax - ymin));
         draw_text(&mut img, left - 9 - text_width(&ly), y - 5, &ly, BLACK);
     }
     for (pts, colour) in series {
@@ -699,4 +729,27 @@ impl Html {
 /// The confusion of a contingency DataFrame (re-exported for tests and notebooks).
 pub fn confusion_from_frame(df: &DataFrame) -> Result<Confusion, AnalysisError> {
     confusion_of(df)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a loss axis from 1.8 to 2.4 got ticks every 0.15 labelled to one decimal,
+    /// so 2.25 read "2.2" and 1.95 read "1.9", unevenly spaced to the eye.
+    #[test]
+    fn ticks_are_round_and_labelled_exactly() {
+        let t = ticks(1.8, 2.4, false);
+        let step = nice_step(2.4 - 1.8);
+        let labels: Vec<String> = t.iter().map(|&v| tick_label(v, step)).collect();
+        assert_eq!(labels, ["1.8", "2.0", "2.2", "2.4"]);
+        let labels: Vec<String> = ticks(0.0, 100.0, false)
+            .iter()
+            .map(|&v| tick_label(v, nice_step(100.0)))
+            .collect();
+        assert_eq!(labels, ["0", "25", "50", "75", "100"]);
+        assert_eq!(tick_label(2.25, 0.25), "2.25");
+        assert_eq!(ticks(0.0, 9.0, true), [0.0, 3.0, 6.0, 9.0]);
+        assert!(!ticks(5.0, 5.0, false).is_empty());
+    }
 }
