@@ -60,7 +60,8 @@ pub fn weights(counts: &[u64], how: Weighting) -> Vec<f64> {
 impl Stage for Label {
     type Params = LabelParams;
     const KIND: &'static str = "label";
-    const VERSION: u32 = 1;
+    // 2: channels-last inference (other summation order, so other low bits).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "nearest-centroid pseudo-labels of both views, with cluster weights";
 

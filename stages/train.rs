@@ -123,7 +123,8 @@ fn stack_labels(
 impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    // 2: epoch and seed in the checkpoint's meta.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "one epoch of PiCIE's loss with Adam: checkpoint in, checkpoint out";
 
