@@ -11,57 +11,23 @@ Prints one line `extract_ref: <median images/s> images/s (...)`.
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 
-class Backbone(torchvision.models.ResNet):
-    """torchvision's ResNet without avgpool/fc, returning res2..res5 (as the release's)."""
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
+from model_parity import PanopticFPN  # noqa: E402  (the parity tests' model: one definition)
 
-    def __init__(self, block, layers):
-        super().__init__(block, layers)
-        del self.avgpool
-        del self.fc
+
+class PicieNet(PanopticFPN):
+    """PiCIE's network as the release runs it: backbone, decoder, L2 normalisation."""
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = []
-        for i in range(4):
-            x = getattr(self, f"layer{i + 1}")(x)
-            out.append(x)
-        return out
-
-
-class FPNDecoder(nn.Module):
-    """The release's decoder: layer1 is res5's lateral, ..., layer4 is res2's."""
-
-    def __init__(self, in_ch, dim):
-        super().__init__()
-        self.layer4 = nn.Conv2d(in_ch[0], dim, 1)
-        self.layer3 = nn.Conv2d(in_ch[1], dim, 1)
-        self.layer2 = nn.Conv2d(in_ch[2], dim, 1)
-        self.layer1 = nn.Conv2d(in_ch[3], dim, 1)
-
-    def forward(self, f):
-        o = self.layer1(f[3])
-        for lateral, x in ((self.layer2, f[2]), (self.layer3, f[1]), (self.layer4, f[0])):
-            y = lateral(x)
-            o = F.interpolate(o, size=y.shape[-2:], mode="bilinear", align_corners=False) + y
-        return o
-
-
-class PicieNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = Backbone(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
-        self.decoder = FPNDecoder((64, 128, 256, 512), 128)
-
-    def forward(self, x):
-        return F.normalize(self.decoder(self.backbone(x)), dim=1, p=2)
+        return F.normalize(super().forward(x)[1], dim=1, p=2)
 
 
 def main():
