@@ -149,16 +149,8 @@ impl Stage for KmeansStage {
                         .batches()
                         .map(move |b| b.and_then(|b| tables::features_of_view(&b, view)))
                 };
-                let fit = kmeans::lloyd(chunks, &cfg, device)
-                    .map_err(|e| StageError::msg(format!("view {view}: {e}")))?;
-                for s in &fit.iters {
-                    stats.push((
-                        view,
-                        s.iteration as u32,
-                        s.objective,
-                        s.empty_repaired as u64,
-                    ));
-                }
+                let fit = kmeans::lloyd(chunks, &cfg, device).map_err(view_err(view))?;
+                push_iters(&mut stats, view, &fit.iters);
                 fitted.push((
                     fit.kmeans.centroids().shallow_clone(),
                     fit.kmeans.counts().to_vec(),
@@ -201,6 +193,23 @@ impl Stage for KmeansStage {
 }
 
 type StatRow = (u8, u32, f64, u64);
+
+/// The Lloyd iterations of one view's fit as stats rows.
+fn push_iters(stats: &mut Vec<StatRow>, view: u8, iters: &[kmeans::IterStat]) {
+    for s in iters {
+        stats.push((
+            view,
+            s.iteration as u32,
+            s.objective,
+            s.empty_repaired as u64,
+        ));
+    }
+}
+
+/// k-means errors name the view they happened in.
+fn view_err(view: u8) -> impl Fn(kmeans::KmeansError) -> StageError {
+    move |e| StageError::msg(format!("view {view}: {e}"))
+}
 
 /// The release's mini-batch k-means of one view, fed rows in order: full k-means on the
 /// first `init_rows` rows, then one online update per `batch_rows` rows.
@@ -299,7 +308,7 @@ impl<'a> Online<'a> {
         let pieces = std::mem::take(&mut self.buf);
         self.buf_rows = 0;
         let view = self.view;
-        let err = |e: kmeans::KmeansError| StageError::msg(format!("view {view}: {e}"));
+        let err = view_err(view);
         match self.km.as_mut() {
             None => {
                 // = Kmeans::init_from on the concatenation, without making it.
@@ -313,14 +322,7 @@ impl<'a> Online<'a> {
                     self.device,
                 )
                 .map_err(err)?;
-                for s in &fit.iters {
-                    stats.push((
-                        view,
-                        s.iteration as u32,
-                        s.objective,
-                        s.empty_repaired as u64,
-                    ));
-                }
+                push_iters(stats, view, &fit.iters);
                 self.km = Some(fit.kmeans);
             }
             Some(km) => {
