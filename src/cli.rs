@@ -126,7 +126,7 @@ struct StoreArg {
 }
 
 pub fn main() -> ExitCode {
-    crate::exec::limit_malloc_arenas();
+    crate::exec::tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     match dispatch(cli, &crate::stages::builtin()) {
