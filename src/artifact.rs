@@ -76,6 +76,7 @@ enum TableWriter {
 pub struct ArtifactWriter {
     pub(crate) dir: PathBuf,
     format: Format,
+    compress: bool,
     part_rows: usize,
     schema: Option<SchemaRef>,
     current: Option<(String, TableWriter, u64)>,
@@ -89,6 +90,7 @@ impl ArtifactWriter {
         Self {
             dir,
             format: Format::Parquet,
+            compress: true,
             part_rows: DEFAULT_PART_ROWS,
             schema: None,
             current: None,
@@ -101,6 +103,13 @@ impl ArtifactWriter {
     /// Tables as Arrow IPC instead of Parquet; call before the first `write`.
     pub fn use_ipc(&mut self) -> &mut Self {
         self.format = Format::Ipc;
+        self
+    }
+
+    /// Parquet pages without compression: for dense floats (features), which zstd shrinks
+    /// by only ~9 % while costing 1.7x the write and read time.
+    pub fn uncompressed(&mut self) -> &mut Self {
+        self.compress = false;
         self
     }
 
@@ -186,8 +195,13 @@ impl ArtifactWriter {
                 &schema,
             )?),
             _ => {
+                let compression = if self.compress {
+                    Compression::ZSTD(ZstdLevel::try_new(1)?)
+                } else {
+                    Compression::UNCOMPRESSED
+                };
                 let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                    .set_compression(compression)
                     .build();
                 TableWriter::Parquet(ArrowWriter::try_new(file, schema, Some(props))?)
             }

@@ -119,11 +119,11 @@ pub fn save(w: &mut ArtifactWriter, m: &Loaded) -> Result<(), StageError> {
 }
 
 impl Loaded {
-    /// Prepares the network for forward passes without gradients: on the CPU, conv weights
-    /// go to channels-last memory order, which oneDNN runs about 1.2x faster here (measured
-    /// with ResNet-18 at 320, batch 16, 2 threads). Same mathematics, other summation order.
-    /// Training keeps the default order, which is faster for the backward pass on this CPU.
-    pub fn for_inference(&self) {
+    /// On the CPU, puts conv weights in channels-last memory order, so oneDNN runs the whole
+    /// network channels-last: forward 1.2x and a training step 1.15x faster than the default
+    /// order here (ResNet-18 + FPN at 320, batch 16, 2 threads). Same mathematics, another
+    /// summation order. Saved checkpoints are contiguous either way.
+    pub fn channels_last(&self) {
         if self.vs.device() != tch::Device::Cpu {
             return;
         }
@@ -215,10 +215,10 @@ impl AdamState {
     fn save(&self, _vs: &VarStore, path: &std::path::Path) -> Result<(), StageError> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for (n, t) in &self.m {
-            named.push((format!("exp_avg.{n}"), t.shallow_clone()));
+            named.push((format!("exp_avg.{n}"), t.contiguous()));
         }
         for (n, t) in &self.v {
-            named.push((format!("exp_avg_sq.{n}"), t.shallow_clone()));
+            named.push((format!("exp_avg_sq.{n}"), t.contiguous()));
         }
         named.push((
             "step".into(),

@@ -199,7 +199,7 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
 
     let device = tch::Device::Cpu;
     let m = crate::checkpoint::load(&ckpt, device)?;
-    m.for_inference();
+    m.channels_last();
     if centroids.size()[1] != m.net.dim() {
         return Err(AnalysisError::Other(format!(
             "centroids of `{}` have dimension {}, the checkpoint's features {}",

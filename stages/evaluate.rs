@@ -143,7 +143,7 @@ impl Stage for Evaluate {
         let p = self.0.clone();
         let device = ctx.device().tch();
         let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
-        m.for_inference();
+        m.channels_last();
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val).map_err(StageError::msg)?;
         let classes = val.classes().len();

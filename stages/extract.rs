@@ -119,11 +119,12 @@ impl Stage for Extract {
         let p = self.0.clone();
         let device = ctx.device().tch();
         let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
-        m.for_inference();
+        m.channels_last();
         let train = p.bn == BnMode::Train;
         let (seed, epoch) = (ctx.seed(), ctx.epoch().unwrap_or(0));
         if p.store != Keep::None {
             let w = ctx.output("features")?;
+            w.uncompressed();
             w.set_meta("dim", m.net.dim());
             if p.store == Keep::Sample {
                 w.set_meta("sample_per_image", p.sample_per_image);

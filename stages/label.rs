@@ -85,7 +85,7 @@ impl Stage for Label {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let device = ctx.device().tch();
         let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
-        m.for_inference();
+        m.channels_last();
         let (c1, _) = tables::read_centroids(ctx.input("centroids")?, 1)?;
         let (c2, _) = tables::read_centroids(ctx.input("centroids")?, 2)?;
         let (c1, c2) = (c1.to_device(device), c2.to_device(device));

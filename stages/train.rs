@@ -124,7 +124,7 @@ impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
     // 2: epoch and seed in the checkpoint's meta.
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "one epoch of PiCIE's loss with Adam: checkpoint in, checkpoint out";
 
@@ -164,6 +164,7 @@ impl Stage for Train {
         let p = self.0.clone();
         let device = ctx.device().tch();
         let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        m.channels_last();
         let mut c = Vec::new();
         let mut y = Vec::new();
         let mut w = Vec::new();
@@ -269,23 +270,35 @@ mod tests {
     }
 
     /// Our loss terms and the gradients of the first conv and of a decoder conv equal
-    /// PyTorch's for the same weights, views, G, centroids, labels and cluster weights.
+    /// PyTorch's for the same weights, views, G, centroids, labels and cluster weights, with
+    /// the weights in the default order and in the channels-last order `train` uses.
     #[test]
     fn loss_and_gradients_match_pytorch() {
         let dir = tempfile::tempdir().unwrap();
         if crate::run_oracle("loss parity", "loss_parity.py", [dir.path()]).is_none() {
             return;
         }
+        for channels_last in [false, true] {
+            eprintln!("channels last: {channels_last}");
+            check_loss_parity(dir.path(), channels_last);
+        }
+    }
 
+    fn check_loss_parity(dir: &std::path::Path, channels_last: bool) {
         let m = checkpoint::build(&ModelSpec::default(), tch::Device::Cpu).unwrap();
         weights::load(
             &m.vs,
-            dir.path().join("weights.safetensors"),
+            dir.join("weights.safetensors"),
             &LoadConfig::default(),
         )
         .unwrap();
-        let case = Tensor::read_safetensors(dir.path().join("case.safetensors")).unwrap();
-        let refs = Tensor::read_safetensors(dir.path().join("ref.safetensors")).unwrap();
+        if channels_last {
+            m.channels_last();
+            let w = &m.vs.variables()["backbone.conv1.weight"];
+            assert_eq!(w.stride()[1], 1, "conv1 weight is not channels-last");
+        }
+        let case = Tensor::read_safetensors(dir.join("case.safetensors")).unwrap();
+        let refs = Tensor::read_safetensors(dir.join("ref.safetensors")).unwrap();
         let geo = |crop_frac, u_x, u_y, flip| Geometric {
             crop_frac,
             u_x,
