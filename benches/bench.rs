@@ -11,12 +11,15 @@
 //! - kmeans-camvid: the same at CamVid's shape, 2,348,800 x 128, K 11.
 //! - kmeans-stream [MILLIONS]: peak memory of Lloyd streamed over ~10M features on disk.
 //! - evaluate [CAMVID]: the evaluate stage's images/s at 320 on CamVid.
+//! - train: seconds per training step (2 x 16 views at 320, loss, backward, Adam) vs the
+//!   release's step in PyTorch eager.
 //!
 //! `all` (the default) runs plan, augment and rerun; the others are named explicitly.
 
 mod evaluate;
 mod extract;
 mod kmeans;
+mod train;
 
 use std::time::Instant;
 
@@ -265,6 +268,8 @@ fn bench_augment(dir: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `picie` runs its stages.
+    picie::exec::tune_malloc();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
     if matches!(which, "all" | "plan") {
@@ -300,10 +305,11 @@ fn main() -> anyhow::Result<()> {
         "kmeans-camvid" => kmeans::bench(2_348_800, 11)?,
         "kmeans-stream" => kmeans::bench_stream(num(1, 10)?)?,
         "evaluate" => evaluate::bench(args.get(1).unwrap_or(&camvid))?,
+        "train" => train::bench()?,
         "all" | "plan" | "augment" | "rerun" => {}
         other => anyhow::bail!(
             "unknown benchmark `{other}`: all, plan, augment, rerun, extract, kmeans, \
-             kmeans-camvid, kmeans-stream, evaluate"
+             kmeans-camvid, kmeans-stream, evaluate, train"
         ),
     }
     Ok(())

@@ -36,7 +36,7 @@ pub fn bench() -> anyhow::Result<()> {
     tch::set_num_threads(THREADS);
     // As the extract, label and evaluate stages hold it.
     let m = checkpoint::build_seeded(&ModelSpec::default(), Device::Cpu, 0)?;
-    m.for_inference();
+    m.channels_last();
     let net = &m.net;
     let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/extract_ref.py");
@@ -47,35 +47,16 @@ pub fn bench() -> anyhow::Result<()> {
             "extract  round {round} picie:   {r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"
         );
         ours.push(r);
-        let out = std::process::Command::new(picie::python())
-            .arg(&script)
-            .args(["--batch", &BATCH.to_string(), "--size", &SIZE.to_string()])
-            .args(["--threads", &THREADS.to_string()])
-            .args([
-                "--warmup",
-                &WARMUP.to_string(),
-                "--iters",
-                &ITERS.to_string(),
-            ])
-            .output()
-            .with_context(|| format!("running {}", script.display()))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        println!(
-            "extract  round {round} PyTorch: {}",
-            text.trim().trim_start_matches("extract_ref: ")
-        );
-        if let Some(v) = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            theirs.push(v);
-        }
+        let args = [
+            ("--batch", BATCH as usize),
+            ("--size", SIZE as usize),
+            ("--threads", THREADS as usize),
+            ("--warmup", WARMUP),
+            ("--iters", ITERS),
+        ];
+        let (line, value) = reference(&script, &args)?;
+        println!("extract  round {round} PyTorch: {line}");
+        theirs.extend(value);
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     if !theirs.is_empty() {
@@ -85,4 +66,31 @@ pub fn bench() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs a reference script with the venv's Python; returns its line (without the
+/// `name: ` prefix) and the number that follows the prefix.
+pub fn reference(script: &Path, args: &[(&str, usize)]) -> anyhow::Result<(String, Option<f64>)> {
+    let mut cmd = std::process::Command::new(picie::python());
+    cmd.arg(script);
+    for (flag, value) in args {
+        cmd.args([flag.to_string(), value.to_string()]);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.trim();
+    let line = line
+        .split_once(": ")
+        .map_or(line, |(_, rest)| rest)
+        .to_string();
+    let value = line.split_whitespace().next().and_then(|v| v.parse().ok());
+    Ok((line, value))
 }

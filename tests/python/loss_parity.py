@@ -32,9 +32,10 @@ except ImportError as e:
 G = [(2, 6, 8, True), (1, 3, 12, False)]
 
 
-def geometric(z):
+def geometric(z, crops=G):
+    """The release's G on a feature map: per image, crop (x0, y0, size), resize back, flip."""
     out = []
-    for i, (x0, y0, s, flip) in enumerate(G):
+    for i, (x0, y0, s, flip) in enumerate(crops):
         c = z[i : i + 1, :, y0 : y0 + s, x0 : x0 + s]
         c = F.interpolate(c, size=z.shape[-2:], mode="bilinear", align_corners=False)
         out.append(c.flip(-1) if flip else c)
