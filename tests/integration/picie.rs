@@ -307,16 +307,16 @@ fn the_default_pipeline_learns() {
     let mean = |f: fn(&(u32, f64, f64)) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
     let (miou_end, acc_end) = (mean(|r| r.1), mean(|r| r.2));
     let best = rows.iter().map(|r| r.1).fold(f64::MIN, f64::max);
-    // Epoch-to-epoch mIoU on 32 synthetic val images moves by 2-3 points and small
+    // On 128 synthetic val images epoch-to-epoch mIoU still moves by ~1 point, and small
     // numerical changes (kernel choice) reshuffle it, so the last three epochs are averaged.
-    // Measured on the 2-core dev VM: pixel accuracy 46.1 -> 55.1 and mIoU 26.8 -> 28.8
-    // (mean of epochs 6-8), best mIoU 31.0.
+    // Measured on the 2-core dev VM (release build): pixel accuracy 45.7 -> 51.0 and mIoU
+    // 26.5 -> 29.9 (mean of epochs 6-8), best mIoU 30.1, rising from epoch 2 on.
     assert!(
-        acc_end >= acc0 + 5.0,
+        acc_end >= acc0 + 3.0,
         "pixel accuracy did not improve clearly: {rows:?}"
     );
     assert!(
-        miou_end >= miou0 + 1.0 && best >= miou0 + 3.0,
+        miou_end >= miou0 + 2.0 && best >= miou0 + 2.5,
         "mIoU did not improve clearly: {rows:?}"
     );
 }
