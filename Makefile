@@ -23,7 +23,7 @@ run: build
 test: setup
 	cargo test --all-targets
 
-# `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, kmeans-camvid,
+# `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, kmeans-camvid,
 # kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
 B ?= all
 bench:
