@@ -151,6 +151,78 @@ fn centroids_of_the_wrong_dimension_stop_label_before_any_work() {
     assert!(is_missing(&f.store(), &plan, "label", "weights"));
 }
 
+/// `train` given centroids of another dimension than its network, or labels made at another
+/// resolution than its batches, fails with the reason before an optimizer step, and commits
+/// no checkpoint.
+#[test]
+fn train_refuses_mismatched_inputs_and_writes_nothing() {
+    // The label pass sees 32x32 inputs (8x8 labels); `train_res` is what train sees.
+    let yaml = |centroids: &str, train_res: u32| {
+        [
+            SMALL_INIT,
+            &format!(
+                "  - name: feats
+    kind: feature_rows
+    params: {{dim: 8}}
+  - name: aug
+    kind: augment
+    params: {{size: 48, res: 32, batch: 2}}
+  - name: ex
+    kind: extract
+    params: {{bn: train}}
+    inputs: {{batches: aug.batches, checkpoint: init.checkpoint}}
+  - name: km
+    kind: kmeans
+    params: {{k: 3, mode: lloyd, n_iter: 2}}
+    inputs: {{features: ex.features}}
+  - name: km8
+    kind: kmeans
+    params: {{k: 3, mode: lloyd, n_iter: 2}}
+    inputs: {{features: feats.features}}
+  - name: aug_l
+    kind: augment
+    params: {{size: 48, res: 32, batch: 2}}
+  - name: label
+    kind: label
+    inputs: {{batches: aug_l.batches, checkpoint: ex.checkpoint, centroids: km.centroids}}
+  - name: aug_t
+    kind: augment
+    params: {{size: 48, res: {train_res}, batch: 2}}
+  - name: train
+    kind: train
+    inputs:
+      batches: aug_t.batches
+      checkpoint: ex.checkpoint
+      centroids: {centroids}.centroids
+      labels: label.labels
+      weights: label.weights
+"
+            ),
+        ]
+        .concat()
+    };
+    for (centroids, res, expect) in [
+        ("km8", 32, "centroids have dimension 8"),
+        ("km", 48, "labels and images do not match"),
+    ] {
+        let f = Fixture::new();
+        let yaml = yaml(centroids, res);
+        let msg = format!(
+            "{:#}",
+            f.run(&yaml).err().unwrap_or_else(|| panic!("train ran"))
+        );
+        assert!(msg.contains("train") && msg.contains(expect), "{msg}");
+        let plan = f.plan(&yaml).unwrap();
+        assert!(
+            is_missing(&f.store(), &plan, "train", "checkpoint"),
+            "{msg}"
+        );
+        assert!(is_missing(&f.store(), &plan, "train", "metrics"), "{msg}");
+        // The labels committed before the failure stay, intact.
+        file_hashes(&f.store(), &plan, "label", "labels");
+    }
+}
+
 /// Labels stored one byte per pixel (two when K > 256) read back exactly, per image and view.
 #[test]
 fn label_artifacts_round_trip() {
