@@ -29,8 +29,8 @@ use crate::{Context, ParamError, Port, Stage, StageError};
 pub enum Predictor {
     /// argmax 2<z, mu> - |mu|^2 with fresh k-means centroids (the release's final evaluation).
     NearestCentroid,
-    /// argmax <z, mu> with the epoch's training centroids of view 1 (the release's in-training
-    /// evaluation; needs the `centroids` input).
+    /// argmax <z, mu> with the epoch's training centroids of view `view` (the release's
+    /// in-training evaluation, which it runs for both views; needs the `centroids` input).
     DotProduct,
 }
 
@@ -53,6 +53,8 @@ pub struct EvaluateParams {
     pub matching: MatchingParam,
     pub batch: usize,
     pub threads: usize,
+    /// Which view's training centroids `dot_product` uses (1 or 2).
+    pub view: u8,
     /// Use only the first N training / validation images (null: all).
     pub train_limit: Option<usize>,
     pub val_limit: Option<usize>,
@@ -68,6 +70,7 @@ impl Default for EvaluateParams {
             matching: MatchingParam::Hungarian,
             batch: 16,
             threads: 2,
+            view: 1,
             train_limit: None,
             val_limit: None,
         }
@@ -97,8 +100,9 @@ pub fn metrics_schema() -> Arc<Schema> {
 impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    // 2: the centroids used are an output.
-    const VERSION: u32 = 2;
+    // 2: the centroids used are an output. 3: `view`; dot_product's predictor names its view
+    // and its k is the centroids'.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
@@ -124,6 +128,14 @@ impl Stage for Evaluate {
         if p.k.is_some_and(|k| k < 2) {
             e.push(ParamError::new("k", "must be at least 2"));
         }
+        if !(1..=2).contains(&p.view) {
+            e.push(ParamError::new("view", "must be 1 or 2"));
+        } else if p.view != 1 && p.predictor != Predictor::DotProduct {
+            e.push(ParamError::new(
+                "view",
+                "only `predictor: dot_product` uses a view's centroids",
+            ));
+        }
         if p.batch == 0 || p.threads == 0 {
             e.push(ParamError::new(
                 if p.batch == 0 { "batch" } else { "threads" },
@@ -147,27 +159,43 @@ impl Stage for Evaluate {
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val).map_err(StageError::msg)?;
         let classes = val.classes().len();
-        let k = p.k.unwrap_or(classes);
-        let ignore = val.ignore_index();
-        if p.matching == MatchingParam::Hungarian && k < classes {
-            // Checked before any work: the matching would fail only at the end.
-            return Err(StageError::msg(format!(
-                "k = {k} clusters for {classes} classes: Hungarian matching needs k >= classes \
-                 (raise `k`, or use `matching: majority`)"
-            )));
-        }
-
-        let (centroids, counts) = match p.predictor {
+        // dot_product predicts with the training centroids, so their count is k.
+        let trained = match p.predictor {
             Predictor::DotProduct => {
                 if !ctx.has_input("centroids") {
                     return Err(StageError::msg(
                         "predictor `dot_product` needs the `centroids` input",
                     ));
                 }
-                let (c, counts) = tables::read_centroids(ctx.input("centroids")?, 1)?;
-                (c.to_device(device), counts)
+                let (c, counts) = tables::read_centroids(ctx.input("centroids")?, p.view)?;
+                if p.k.is_some_and(|k| k != counts.len()) {
+                    return Err(StageError::msg(format!(
+                        "k = {} but the view-{} centroids number {}: leave `k` unset with \
+                         `predictor: dot_product`",
+                        p.k.unwrap_or(0),
+                        p.view,
+                        counts.len()
+                    )));
+                }
+                Some((c.to_device(device), counts))
             }
-            Predictor::NearestCentroid => {
+            Predictor::NearestCentroid => None,
+        };
+        let k = trained
+            .as_ref()
+            .map_or(p.k.unwrap_or(classes), |(_, counts)| counts.len());
+        let ignore = val.ignore_index();
+        if p.matching == MatchingParam::Hungarian && k != classes {
+            // Checked before any work: the matching would fail only at the end.
+            return Err(StageError::msg(format!(
+                "k = {k} clusters for {classes} classes: Hungarian matching needs k = classes \
+                 (set `k` to the classes, or use `matching: majority` to over-cluster)"
+            )));
+        }
+
+        let (centroids, counts) = match trained {
+            Some(c) => c,
+            None => {
                 let train = data.open(Split::Train).map_err(StageError::msg)?;
                 let n = p.train_limit.map_or(train.len(), |l| l.min(train.len()));
                 let mut feats: Vec<Tensor> = Vec::new();
@@ -285,17 +313,17 @@ impl Stage for Evaluate {
         };
         let (mt, _assign) =
             metrics::evaluate(&conf, matching, is_thing.as_deref()).map_err(StageError::msg)?;
-        info!(
-            "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({} clusters, {:?})",
-            mt.miou, mt.pixel_accuracy, k, p.predictor
-        );
         let predictor = match p.predictor {
-            Predictor::NearestCentroid => "nearest_centroid",
-            Predictor::DotProduct => "dot_product",
+            Predictor::NearestCentroid => "nearest_centroid".to_string(),
+            Predictor::DotProduct => format!("dot_product_view{}", p.view),
         };
+        info!(
+            "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor})",
+            mt.miou, mt.pixel_accuracy
+        );
         let cols: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from(vec![epoch])),
-            Arc::new(StringArray::from(vec![predictor])),
+            Arc::new(StringArray::from(vec![predictor.as_str()])),
             Arc::new(UInt32Array::from(vec![k as u32])),
             Arc::new(Float64Array::from(vec![mt.pixel_accuracy])),
             Arc::new(Float64Array::from(vec![mt.miou])),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Float64Array, UInt32Array};
+use arrow::array::{Float64Array, StringArray, UInt32Array};
 use picie::store::Lookup;
 use picie::{Plan, Store};
 
@@ -658,4 +658,61 @@ fn evaluate_refuses_too_few_clusters_for_hungarian() {
     // Over-clustering with majority matching is fine.
     let ok = yaml.replace("k: 2}", "k: 5, matching: majority}");
     f.run(&ok).unwrap();
+}
+
+/// The release's in-training evaluation, for either view: `dot_product` predicts with that
+/// view's training centroids, so k is their count (over-clustered here: 4 for 3 classes), and
+/// the metrics name the view. A view with `nearest_centroid`, a `k` that contradicts the
+/// centroids, or Hungarian matching of more clusters than classes (regression: it failed only
+/// after all the work) is refused.
+#[test]
+fn evaluate_dot_product_uses_the_named_view() {
+    let yaml = |eval_params: &str| {
+        [
+            SMALL_INIT,
+            &format!(
+                "  - name: feats
+    kind: feature_rows
+    params: {{dim: 128}}
+  - name: km
+    kind: kmeans
+    params: {{k: 4, mode: lloyd, n_iter: 2}}
+    inputs: {{features: feats.features}}
+  - name: ev
+    kind: evaluate
+    params: {eval_params}
+    inputs: {{checkpoint: init.checkpoint, centroids: km.centroids}}
+"
+            ),
+        ]
+        .concat()
+    };
+    let f = Fixture::new();
+    // Hungarian matching of 4 clusters to 3 classes is refused before any work.
+    let hungarian = yaml("{res: 32, predictor: dot_product, view: 2}");
+    let msg = format!("{:#}", f.run(&hungarian).err().unwrap());
+    assert!(msg.contains("k = 4 clusters for 3 classes"), "{msg}");
+    let ok = yaml("{res: 32, batch: 4, predictor: dot_product, view: 2, matching: majority}");
+    let (plan, _) = f.run(&ok).unwrap();
+    let i = plan.index_of("ev").unwrap();
+    let Lookup::Valid(a) = f.store().lookup(&plan.nodes[i].output_keys["metrics"]) else {
+        panic!("ev.metrics is not committed");
+    };
+    let b = &a.read_all().unwrap()[0];
+    let predictor = b.column_by_name("predictor").unwrap();
+    let predictor = predictor.as_any().downcast_ref::<StringArray>().unwrap();
+    let k = b.column_by_name("k").unwrap();
+    let k = k.as_any().downcast_ref::<UInt32Array>().unwrap();
+    assert_eq!((predictor.value(0), k.value(0)), ("dot_product_view2", 4));
+
+    let err = f
+        .plan(&yaml("{res: 32, predictor: nearest_centroid, view: 2}"))
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("view") && msg.contains("dot_product"), "{msg}");
+
+    let bad_k = yaml("{res: 32, predictor: dot_product, k: 3}");
+    let msg = format!("{:#}", f.run(&bad_k).err().unwrap());
+    assert!(msg.contains("k = 3") && msg.contains("number 4"), "{msg}");
 }
