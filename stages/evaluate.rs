@@ -20,6 +20,7 @@ use crate::checkpoint;
 use crate::data::{preprocess, Split};
 use crate::kmeans::{self, KmeansConfig};
 use crate::metrics::{self, Confusion, Matching};
+use crate::stages::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
 use crate::tables;
 use crate::transforms::geometric::to_tensor_normalised;
 use crate::{Context, ParamError, Port, Stage, StageError};
@@ -49,6 +50,13 @@ pub struct EvaluateParams {
     /// Clusters (null: the number of classes).
     pub k: Option<usize>,
     pub n_iter: usize,
+    /// The fresh k-means: `lloyd` holds every training feature in memory (exact; fine for
+    /// CamVid's 2.3M), `minibatch` is the release's scheme (full k-means on the first
+    /// `init_rows` rows, then an online update every `batch_rows` rows), for data sets whose
+    /// features do not fit (COCO-Stuff: 318M).
+    pub mode: KmeansMode,
+    pub init_rows: usize,
+    pub batch_rows: usize,
     pub predictor: Predictor,
     pub matching: MatchingParam,
     pub batch: usize,
@@ -66,6 +74,9 @@ impl Default for EvaluateParams {
             res: 320,
             k: None,
             n_iter: 20,
+            mode: KmeansMode::Lloyd,
+            init_rows: 1 << 20,
+            batch_rows: 1 << 17,
             predictor: Predictor::NearestCentroid,
             matching: MatchingParam::Hungarian,
             batch: 16,
@@ -128,6 +139,7 @@ impl Stage for Evaluate {
         if p.k.is_some_and(|k| k < 2) {
             e.push(ParamError::new("k", "must be at least 2"));
         }
+        check_minibatch_rows(p.init_rows, p.batch_rows, &mut e);
         if !(1..=2).contains(&p.view) {
             e.push(ParamError::new("view", "must be 1 or 2"));
         } else if p.view != 1 && p.predictor != Predictor::DotProduct {
@@ -198,7 +210,17 @@ impl Stage for Evaluate {
             None => {
                 let train = data.open(Split::Train).map_err(StageError::msg)?;
                 let n = p.train_limit.map_or(train.len(), |l| l.min(train.len()));
+                let cfg = KmeansConfig {
+                    k,
+                    n_iter: p.n_iter,
+                    seed: ctx.seed(),
+                    ..KmeansConfig::default()
+                };
+                // Lloyd keeps every feature; mini-batch folds them in as they come.
                 let mut feats: Vec<Tensor> = Vec::new();
+                let mut online = (p.mode == KmeansMode::Minibatch)
+                    .then(|| Online::new(1, &cfg, p.init_rows, p.batch_rows, device));
+                let mut stats = Vec::new();
                 let ids: Vec<usize> = (0..n).collect();
                 for chunk in ids.chunks(p.batch) {
                     ctx.check_cancelled()?;
@@ -206,24 +228,27 @@ impl Stage for Evaluate {
                     let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), false))
                         .map_err(StageError::msg)?;
                     let d = z.size()[1];
-                    feats.push(z.permute([0, 2, 3, 1]).reshape([-1, d]));
+                    let rows = z.permute([0, 2, 3, 1]).reshape([-1, d]);
+                    match online.as_mut() {
+                        Some(o) => o.push(rows, &mut stats)?,
+                        None => feats.push(rows),
+                    }
                 }
-                let cfg = KmeansConfig {
-                    k,
-                    n_iter: p.n_iter,
-                    seed: ctx.seed(),
-                    ..KmeansConfig::default()
-                };
-                let fit = kmeans::lloyd(
-                    || feats.iter().map(|t| Ok::<_, StageError>(t.shallow_clone())),
-                    &cfg,
-                    device,
-                )
-                .map_err(StageError::msg)?;
-                (
-                    fit.kmeans.centroids().shallow_clone(),
-                    fit.kmeans.counts().to_vec(),
-                )
+                match online {
+                    Some(o) => o.finish(&mut stats)?,
+                    None => {
+                        let fit = kmeans::lloyd(
+                            || feats.iter().map(|t| Ok::<_, StageError>(t.shallow_clone())),
+                            &cfg,
+                            device,
+                        )
+                        .map_err(StageError::msg)?;
+                        (
+                            fit.kmeans.centroids().shallow_clone(),
+                            fit.kmeans.counts().to_vec(),
+                        )
+                    }
+                }
             }
         };
         if centroids.size()[1] != m.net.dim() {

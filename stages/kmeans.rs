@@ -99,16 +99,7 @@ impl Stage for KmeansStage {
         if p.n_iter == 0 {
             e.push(ParamError::new("n_iter", "must be at least 1"));
         }
-        if p.batch_rows == 0 || p.init_rows == 0 {
-            e.push(ParamError::new(
-                if p.batch_rows == 0 {
-                    "batch_rows"
-                } else {
-                    "init_rows"
-                },
-                "must be positive",
-            ));
-        }
+        check_minibatch_rows(p.init_rows, p.batch_rows, &mut e);
         e
     }
     fn new(p: KmeansParams) -> Self {
@@ -157,7 +148,8 @@ impl Stage for KmeansStage {
                 ));
             }
         } else {
-            let mut views = [1u8, 2].map(|v| Online::new(v, &cfg, &p, device));
+            let mut views =
+                [1u8, 2].map(|v| Online::new(v, &cfg, p.init_rows, p.batch_rows, device));
             if streamed {
                 while let Some(b) = ctx.recv_as::<FeatureBatch>("stream")? {
                     for o in &mut views {
@@ -192,7 +184,16 @@ impl Stage for KmeansStage {
     }
 }
 
-type StatRow = (u8, u32, f64, u64);
+/// The mini-batch scheme's row counts must be positive (here and in `evaluate`).
+pub(crate) fn check_minibatch_rows(init_rows: usize, batch_rows: usize, e: &mut Vec<ParamError>) {
+    for (name, rows) in [("init_rows", init_rows), ("batch_rows", batch_rows)] {
+        if rows == 0 {
+            e.push(ParamError::new(name, "must be positive"));
+        }
+    }
+}
+
+pub(crate) type StatRow = (u8, u32, f64, u64);
 
 /// The Lloyd iterations of one view's fit as stats rows.
 fn push_iters(stats: &mut Vec<StatRow>, view: u8, iters: &[kmeans::IterStat]) {
@@ -212,9 +213,10 @@ fn view_err(view: u8) -> impl Fn(kmeans::KmeansError) -> StageError {
 }
 
 /// The release's mini-batch k-means of one view, fed rows in order: full k-means on the
-/// first `init_rows` rows, then one online update per `batch_rows` rows.
-struct Online<'a> {
-    view: u8,
+/// first `init_rows` rows, then one online update per `batch_rows` rows. Also the fresh
+/// k-means of `evaluate` in its `minibatch` mode.
+pub(crate) struct Online<'a> {
+    pub(crate) view: u8,
     cfg: &'a KmeansConfig,
     init_rows: usize,
     batch_rows: usize,
@@ -231,12 +233,18 @@ struct Online<'a> {
 }
 
 impl<'a> Online<'a> {
-    fn new(view: u8, cfg: &'a KmeansConfig, p: &KmeansParams, device: tch::Device) -> Self {
+    pub(crate) fn new(
+        view: u8,
+        cfg: &'a KmeansConfig,
+        init_rows: usize,
+        batch_rows: usize,
+        device: tch::Device,
+    ) -> Self {
         Self {
             view,
             cfg,
-            init_rows: p.init_rows,
-            batch_rows: p.batch_rows,
+            init_rows,
+            batch_rows,
             device,
             km: None,
             buf: Vec::new(),
@@ -278,7 +286,11 @@ impl<'a> Online<'a> {
         self.buf.push(piece);
     }
 
-    fn push(&mut self, mut rows: Tensor, stats: &mut Vec<StatRow>) -> Result<(), StageError> {
+    pub(crate) fn push(
+        &mut self,
+        mut rows: Tensor,
+        stats: &mut Vec<StatRow>,
+    ) -> Result<(), StageError> {
         loop {
             let n = rows.size()[0] as usize;
             let want = if self.km.is_none() {
@@ -334,7 +346,10 @@ impl<'a> Online<'a> {
         Ok(())
     }
 
-    fn finish(mut self, stats: &mut Vec<StatRow>) -> Result<(Tensor, Vec<u64>), StageError> {
+    pub(crate) fn finish(
+        mut self,
+        stats: &mut Vec<StatRow>,
+    ) -> Result<(Tensor, Vec<u64>), StageError> {
         self.flush(stats)?;
         let km = self
             .km

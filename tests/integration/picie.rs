@@ -716,3 +716,40 @@ fn evaluate_dot_product_uses_the_named_view() {
     let msg = format!("{:#}", f.run(&bad_k).err().unwrap());
     assert!(msg.contains("k = 3") && msg.contains("number 4"), "{msg}");
 }
+
+/// `evaluate`'s fresh k-means in the release's mini-batch scheme: with `init_rows` covering
+/// every training feature it is Lloyd's result; with fewer it folds the rest in online, and
+/// its counts still cover every feature (4 images x 8 x 8 here).
+#[test]
+fn evaluate_minibatch_kmeans_matches_lloyd_when_it_sees_everything() {
+    let yaml = |params: &str| {
+        [
+            SMALL_INIT,
+            &format!(
+                "  - name: ev
+    kind: evaluate
+    params: {{res: 32, batch: 2, n_iter: 5, {params}}}
+    inputs: {{checkpoint: init.checkpoint}}
+"
+            ),
+        ]
+        .concat()
+    };
+    let centroids = |params: &str| {
+        let f = Fixture::new();
+        let (plan, _) = f.run(&yaml(params)).unwrap();
+        let i = plan.index_of("ev").unwrap();
+        let Lookup::Valid(a) = f.store().lookup(&plan.nodes[i].output_keys["centroids"]) else {
+            panic!("ev.centroids is not committed");
+        };
+        picie::tables::read_centroids(&a, 1).unwrap()
+    };
+    let (lloyd, lloyd_counts) = centroids("mode: lloyd");
+    let (all, all_counts) = centroids("mode: minibatch, init_rows: 256");
+    assert_eq!(lloyd_counts, all_counts);
+    let diff = (&lloyd - &all).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "max |lloyd - minibatch| = {diff}");
+    let (online, online_counts) = centroids("mode: minibatch, init_rows: 64, batch_rows: 48");
+    assert_eq!(online_counts.iter().sum::<u64>(), 256);
+    assert_eq!(online.size(), lloyd.size());
+}
