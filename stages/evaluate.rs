@@ -180,11 +180,10 @@ impl Stage for Evaluate {
                     ));
                 }
                 let (c, counts) = tables::read_centroids(ctx.input("centroids")?, p.view)?;
-                if p.k.is_some_and(|k| k != counts.len()) {
+                if let Some(k) = p.k.filter(|&k| k != counts.len()) {
                     return Err(StageError::msg(format!(
-                        "k = {} but the view-{} centroids number {}: leave `k` unset with \
+                        "k = {k} but the view-{} centroids number {}: leave `k` unset with \
                          `predictor: dot_product`",
-                        p.k.unwrap_or(0),
                         p.view,
                         counts.len()
                     )));
