@@ -6,20 +6,27 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Float64Array, StringArray, UInt32Array};
+use picie::artifact::Artifact;
 use picie::store::Lookup;
 use picie::{Plan, Store};
 
 use crate::common::{tiny_pipeline, Fixture, LabelRows, HEADER};
 
-/// The blake3 of every file of a node's output (panics if it is not committed).
-fn file_hashes(store: &Store, plan: &Plan, node: &str, output: &str) -> Vec<String> {
+/// A node's committed output artifact (panics if it is not committed).
+fn committed(store: &Store, plan: &Plan, node: &str, output: &str) -> Artifact {
     let i = plan
         .index_of(node)
         .unwrap_or_else(|| panic!("no node {node}"));
     match store.lookup(&plan.nodes[i].output_keys[output]) {
-        Lookup::Valid(a) => a.manifest.files.iter().map(|f| f.blake3.clone()).collect(),
-        other => panic!("{node}.{output}: {other:?}"),
+        Lookup::Valid(a) => *a,
+        other => panic!("{node}.{output} is not committed: {other:?}"),
     }
+}
+
+/// The blake3 of every file of a node's output (panics if it is not committed).
+fn file_hashes(store: &Store, plan: &Plan, node: &str, output: &str) -> Vec<String> {
+    let a = committed(store, plan, node, output);
+    a.manifest.files.iter().map(|f| f.blake3.clone()).collect()
 }
 
 fn is_missing(store: &Store, plan: &Plan, node: &str, output: &str) -> bool {
@@ -32,10 +39,7 @@ fn is_missing(store: &Store, plan: &Plan, node: &str, output: &str) -> bool {
 
 /// (epoch, mIoU, pixel accuracy) rows of a metrics artifact.
 fn metric_rows(store: &Store, plan: &Plan, node: &str) -> Vec<(u32, f64, f64)> {
-    let i = plan.index_of(node).unwrap();
-    let Lookup::Valid(a) = store.lookup(&plan.nodes[i].output_keys["metrics"]) else {
-        panic!("{node}.metrics is not committed");
-    };
+    let a = committed(store, plan, node, "metrics");
     let mut rows = Vec::new();
     for b in a.read_all().unwrap() {
         let col = |n: &str| b.column_by_name(n).unwrap().clone();
@@ -231,10 +235,7 @@ fn label_artifacts_round_trip() {
         let yaml =
             format!("{HEADER}stages:\n  - {{name: l, kind: label_rows, params: {{k: {k}}}}}\n");
         let (plan, _) = f.run(&yaml).unwrap();
-        let i = plan.index_of("l").unwrap();
-        let Lookup::Valid(a) = f.store().lookup(&plan.nodes[i].output_keys["labels"]) else {
-            panic!("labels not committed")
-        };
+        let a = committed(&f.store(), &plan, "l", "labels");
         let bytes: u64 = a.manifest.files.iter().map(|f| f.bytes).sum();
         assert!(bytes > 0);
         for view in [1u8, 2] {
@@ -403,10 +404,7 @@ fn save_weights(path: &Path, arch: &str, seed: u64) {
 }
 
 fn first_conv_of(store: &Store, plan: &Plan, node: &str) -> Vec<f32> {
-    let i = plan.index_of(node).unwrap();
-    let Lookup::Valid(a) = store.lookup(&plan.nodes[i].output_keys["checkpoint"]) else {
-        panic!("{node}.checkpoint is not committed");
-    };
+    let a = committed(store, plan, node, "checkpoint");
     let m = picie::checkpoint::load(&a, tch::Device::Cpu).unwrap();
     let w = &m.vs.variables()["backbone.conv1.weight"];
     Vec::<f32>::try_from(w.flatten(0, -1)).unwrap()
@@ -593,10 +591,7 @@ fn streamed_kmeans_equals_stored_and_extract_storage_options() {
             ..Default::default()
         };
         picie::run(&plan, &f.store(), &opts).unwrap();
-        let i = plan.index_of("features@1").unwrap();
-        let Lookup::Valid(art) = f.store().lookup(&plan.nodes[i].output_keys["features"]) else {
-            panic!("{params}: no features")
-        };
+        let art = committed(&f.store(), &plan, "features@1", "features");
         [1u8, 2]
             .map(|view| {
                 let parts: Vec<tch::Tensor> = art
@@ -694,10 +689,7 @@ fn evaluate_dot_product_uses_the_named_view() {
     assert!(msg.contains("k = 4 clusters for 3 classes"), "{msg}");
     let ok = yaml("{res: 32, batch: 4, predictor: dot_product, view: 2, matching: majority}");
     let (plan, _) = f.run(&ok).unwrap();
-    let i = plan.index_of("ev").unwrap();
-    let Lookup::Valid(a) = f.store().lookup(&plan.nodes[i].output_keys["metrics"]) else {
-        panic!("ev.metrics is not committed");
-    };
+    let a = committed(&f.store(), &plan, "ev", "metrics");
     let b = &a.read_all().unwrap()[0];
     let predictor = b.column_by_name("predictor").unwrap();
     let predictor = predictor.as_any().downcast_ref::<StringArray>().unwrap();
@@ -738,10 +730,7 @@ fn evaluate_minibatch_kmeans_matches_lloyd_when_it_sees_everything() {
     let centroids = |params: &str| {
         let f = Fixture::new();
         let (plan, _) = f.run(&yaml(params)).unwrap();
-        let i = plan.index_of("ev").unwrap();
-        let Lookup::Valid(a) = f.store().lookup(&plan.nodes[i].output_keys["centroids"]) else {
-            panic!("ev.centroids is not committed");
-        };
+        let a = committed(&f.store(), &plan, "ev", "centroids");
         picie::tables::read_centroids(&a, 1).unwrap()
     };
     let (lloyd, lloyd_counts) = centroids("mode: lloyd");
