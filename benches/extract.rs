@@ -40,24 +40,20 @@ pub fn bench() -> anyhow::Result<()> {
     let net = &m.net;
     let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/extract_ref.py");
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 1..=2 {
+    let args = [
+        ("--batch", BATCH as usize),
+        ("--size", SIZE as usize),
+        ("--threads", THREADS as usize),
+        ("--warmup", WARMUP),
+        ("--iters", ITERS),
+    ];
+    let (ours, theirs) = alternate_rounds("extract ", &script, &args, || {
         let r = rate(net, &x)?;
-        println!(
-            "extract  round {round} picie:   {r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"
-        );
-        ours.push(r);
-        let args = [
-            ("--batch", BATCH as usize),
-            ("--size", SIZE as usize),
-            ("--threads", THREADS as usize),
-            ("--warmup", WARMUP),
-            ("--iters", ITERS),
-        ];
-        let (line, value) = reference(&script, &args)?;
-        println!("extract  round {round} PyTorch: {line}");
-        theirs.extend(value);
-    }
+        Ok((
+            r,
+            format!("{r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"),
+        ))
+    })?;
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     if !theirs.is_empty() {
         println!(
@@ -66,6 +62,26 @@ pub fn bench() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Two alternating rounds of ours (its figure and the line to print) and the reference
+/// script, so other load on the machine hits both alike; returns each side's figures.
+pub fn alternate_rounds(
+    name: &str,
+    script: &Path,
+    args: &[(&str, usize)],
+    mut ours: impl FnMut() -> anyhow::Result<(f64, String)>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=2 {
+        let (v, line) = ours()?;
+        println!("{name} round {round} picie:   {line}");
+        mine.push(v);
+        let (line, value) = reference(script, args)?;
+        println!("{name} round {round} PyTorch: {line}");
+        theirs.extend(value);
+    }
+    Ok((mine, theirs))
 }
 
 /// Runs a reference script with the venv's Python; returns its line (without the

@@ -68,25 +68,21 @@ fn seconds_per_step() -> anyhow::Result<f64> {
 pub fn bench() -> anyhow::Result<()> {
     tch::set_num_threads(THREADS);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_ref.py");
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 1..=2 {
+    let args = [
+        ("--batch", BATCH as usize),
+        ("--size", SIZE as usize),
+        ("--k", K as usize),
+        ("--threads", THREADS as usize),
+        ("--warmup", WARMUP),
+        ("--iters", ITERS),
+    ];
+    let (ours, theirs) = crate::extract::alternate_rounds("train   ", &script, &args, || {
         let s = seconds_per_step()?;
-        println!(
-            "train    round {round} picie:   {s:.3} s/step (median of {ITERS}, batch {BATCH} x 2 views, {SIZE}x{SIZE}, K {K}, {THREADS} threads)"
-        );
-        ours.push(s);
-        let args = [
-            ("--batch", BATCH as usize),
-            ("--size", SIZE as usize),
-            ("--k", K as usize),
-            ("--threads", THREADS as usize),
-            ("--warmup", WARMUP),
-            ("--iters", ITERS),
-        ];
-        let (line, value) = crate::extract::reference(&script, &args)?;
-        println!("train    round {round} PyTorch: {line}");
-        theirs.extend(value);
-    }
+        Ok((
+            s,
+            format!("{s:.3} s/step (median of {ITERS}, batch {BATCH} x 2 views, {SIZE}x{SIZE}, K {K}, {THREADS} threads)"),
+        ))
+    })?;
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     if !theirs.is_empty() {
         println!(
