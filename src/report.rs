@@ -10,10 +10,11 @@
 //! - `metrics.png`: mIoU (red) and pixel accuracy (blue) per epoch, 0..100.
 //! - `index.html`: all of them, with the metrics table.
 //!
-//! Predictions of the samples are the last evaluation's: its checkpoint (the recorded
-//! `checkpoint` input), its preprocessing at its `res`, network in eval mode, the centroids it
-//! stored (fresh k-means, or the training centroids for `dot_product`) with its predictor's
-//! score, upsampled bilinearly, argmax; clusters are coloured through the matching of the
+//! Predictions of the samples are the last evaluation's: its network (the `checkpoint` it
+//! wrote after a train-mode k-means pass, else its recorded `checkpoint` input), its
+//! preprocessing at its `res`, network in eval mode, the centroids it stored (fresh
+//! k-means, or the training centroids for `dot_product`) with its predictor's score,
+//! upsampled bilinearly, argmax; clusters are coloured through the matching of the
 //! evaluation's own confusion over the whole validation split (Hungarian when K == classes,
 //! majority otherwise). The heat map uses the same confusion.
 
@@ -172,28 +173,41 @@ fn class_colour(classes: &[ClassInfo], c: Option<usize>) -> Rgb<u8> {
     }
 }
 
-/// The sample panels of the first `n` validation images, and the classes.
-fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), AnalysisError> {
+/// One validation image as the last evaluation saw it: the preprocessed image, its mask,
+/// and the cluster of every pixel (row-major, `res` x `res`).
+pub struct Predicted {
+    pub image: RgbImage,
+    pub mask: Option<crate::data::Mask>,
+    pub clusters: Vec<u32>,
+}
+
+/// The last evaluation's predictions for the first `n` validation images, with its network,
+/// preprocessing, centroids and predictor, and the evaluation node they reproduce.
+pub fn predictions(r: &Run, n: usize) -> Result<(Vec<Predicted>, usize), AnalysisError> {
     let ds = dataset(r)?;
     let val = ds
         .open(Split::Val)
         .map_err(|e| AnalysisError::Other(e.to_string()))?;
-    let classes = val.classes().to_vec();
-    let ignore = val.ignore_index();
     let n = n.min(val.len());
 
     let eval = r.last_node("evaluate", "metrics")?;
     let eval_art = r.artifact(eval, "metrics")?;
     let prov = &eval_art.manifest.provenance;
     let res = prov["params"]["res"].as_u64().unwrap_or(320) as u32;
-    let ckpt_key = prov["inputs"]["checkpoint"]
-        .as_str()
-        .ok_or_else(|| AnalysisError::BadArtifact {
-            key: eval_art.key().into(),
-            message: "its provenance names no checkpoint input".into(),
-        })?
-        .to_string();
-    let ckpt = r.artifact_by_key(&ckpt_key, &eval.name, "checkpoint (input)")?;
+    // With a train-mode fresh k-means pass the evaluation predicted with the network that
+    // pass updated (its `checkpoint` output); otherwise with its input checkpoint.
+    let ckpt = if eval.outputs.contains_key("checkpoint") {
+        r.artifact(eval, "checkpoint")?
+    } else {
+        let key = prov["inputs"]["checkpoint"]
+            .as_str()
+            .ok_or_else(|| AnalysisError::BadArtifact {
+                key: eval_art.key().into(),
+                message: "its provenance names no checkpoint input".into(),
+            })?
+            .to_string();
+        r.artifact_by_key(&key, &eval.name, "checkpoint (input)")?
+    };
     let (centroids, _) = crate::tables::read_centroids(&r.artifact(eval, "centroids")?, 1)?;
     let dot_product = prov["params"]["predictor"].as_str() == Some("dot_product");
 
@@ -246,8 +260,26 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
             .into_iter()
             .map(|v| v as u32)
             .collect();
-        items.push((img, mask, pred));
+        items.push(Predicted {
+            image: img,
+            mask,
+            clusters: pred,
+        });
     }
+    Ok((items, k))
+}
+
+/// The sample panels of the first `n` validation images, and the classes.
+fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), AnalysisError> {
+    let (items, k) = predictions(r, n)?;
+    let eval = r.last_node("evaluate", "metrics")?;
+    let ds = dataset(r)?;
+    let val = ds
+        .open(Split::Val)
+        .map_err(|e| AnalysisError::Other(e.to_string()))?;
+    let classes = val.classes().to_vec();
+    let ignore = val.ignore_index();
+    let res = items.first().map_or(0, |p| p.image.width());
     // The evaluation's matching, over its whole validation confusion.
     let conf = r
         .confusion(eval.epoch.unwrap_or(0))
@@ -271,7 +303,12 @@ fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), Analysi
     let side = res * scale;
     let gap = 4;
     let mut out = Vec::new();
-    for (img, mask, pred) in items {
+    for Predicted {
+        image: img,
+        mask,
+        clusters: pred,
+    } in items
+    {
         let mut panel = RgbImage::from_pixel(4 * side + 3 * gap, side, WHITE);
         for y in 0..side {
             for x in 0..side {

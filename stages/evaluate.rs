@@ -2,7 +2,18 @@
 //! (centre crops, no augmentation, network in eval mode), then every validation pixel gets
 //! its cluster (nearest centroid, scores upsampled bilinearly to the label size), clusters
 //! are matched to classes (Hungarian, or majority when over-clustering), and pixel accuracy
-//! and mIoU are computed. The metrics of earlier epochs come in through `history`, so one
+//! and mIoU are computed.
+//!
+//! BatchNorm during the fresh k-means pass (`bn`): the release's final evaluation calls its
+//! k-means with the model in train mode (`run_mini_batch_kmeans(..., view=-1)` sets
+//! `model.train()`), over a shuffled loader. So the training images' features use batch
+//! statistics and that pass updates the running statistics, and only then are the val
+//! images predicted in eval mode with them. `bn: train` (the default) does exactly that and
+//! also stores the network it predicted with (`checkpoint`); `bn: eval` uses the checkpoint's
+//! running statistics for both passes. The difference is small after training but large for
+//! an untrained network, whose running statistics are still mean 0, variance 1. A network
+//! without BatchNorm gives identical results both ways. The `kmeans_bn` column of the metrics
+//! says which ran. The metrics of earlier epochs come in through `history`, so one
 //! table holds them all. The centroids the predictions used are stored too (`centroids`),
 //! so `picie report` draws exactly the evaluated predictions.
 
@@ -12,6 +23,9 @@ use arrow::array::{
     ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use tracing::info;
@@ -20,6 +34,7 @@ use crate::checkpoint;
 use crate::data::{preprocess, Split};
 use crate::kmeans::{self, KmeansConfig};
 use crate::metrics::{self, Confusion, Matching};
+use crate::model::BnMode;
 use crate::stages::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
 use crate::tables;
 use crate::transforms::geometric::to_tensor_normalised;
@@ -63,6 +78,11 @@ pub struct EvaluateParams {
     pub threads: usize,
     /// Which view's training centroids `dot_product` uses (1 or 2).
     pub view: u8,
+    /// BatchNorm in the fresh k-means pass over the training images (`nearest_centroid`
+    /// only): `train` as released (batch statistics over shuffled batches, running statistics
+    /// updated, then val predicted in eval mode with them), or `eval` (the checkpoint's
+    /// running statistics throughout). Null: `train`.
+    pub bn: Option<BnMode>,
     /// Use only the first N training / validation images (null: all).
     pub train_limit: Option<usize>,
     pub val_limit: Option<usize>,
@@ -82,8 +102,19 @@ impl Default for EvaluateParams {
             batch: 16,
             threads: 2,
             view: 1,
+            bn: None,
             train_limit: None,
             val_limit: None,
+        }
+    }
+}
+
+impl EvaluateParams {
+    /// The BatchNorm mode of the fresh k-means pass; `None` when there is no such pass.
+    pub fn kmeans_bn(&self) -> Option<BnMode> {
+        match self.predictor {
+            Predictor::NearestCentroid => Some(self.bn.unwrap_or(BnMode::Train)),
+            Predictor::DotProduct => None,
         }
     }
 }
@@ -100,6 +131,8 @@ pub fn metrics_schema() -> Arc<Schema> {
         Field::new("thing_miou", DataType::Float64, true),
         Field::new("stuff_miou", DataType::Float64, true),
         Field::new("valid_pixels", DataType::UInt64, false),
+        // BatchNorm of the fresh k-means pass (train | eval); null for dot_product.
+        Field::new("kmeans_bn", DataType::Utf8, true),
         Field::new(
             "per_class_iou",
             DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
@@ -112,8 +145,9 @@ impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
     // 2: the centroids used are an output. 3: `view`; dot_product's predictor names its view
-    // and its k is the centroids'.
-    const VERSION: u32 = 3;
+    // and its k is the centroids'. 4: `bn` (train-mode fresh k-means by default, as released),
+    // the `kmeans_bn` column, a shuffled train-mode pass.
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str =
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
@@ -124,12 +158,17 @@ impl Stage for Evaluate {
             Port::artifact("history", "metrics").optional(),
         ]
     }
-    fn outputs(_: &EvaluateParams) -> Vec<Port> {
-        vec![
+    fn outputs(p: &EvaluateParams) -> Vec<Port> {
+        let mut out = vec![
             Port::artifact("metrics", "metrics"),
             Port::artifact("confusion", "confusion"),
             Port::artifact("centroids", "centroids"),
-        ]
+        ];
+        if p.kmeans_bn() == Some(BnMode::Train) {
+            // The network with the statistics the train-mode pass left: what predicted val.
+            out.push(Port::artifact("checkpoint", "checkpoint"));
+        }
+        out
     }
     fn validate(p: &EvaluateParams) -> Vec<ParamError> {
         let mut e = Vec::new();
@@ -140,6 +179,13 @@ impl Stage for Evaluate {
             e.push(ParamError::new("k", "must be at least 2"));
         }
         check_minibatch_rows(p.init_rows, p.batch_rows, &mut e);
+        if p.bn.is_some() && p.predictor == Predictor::DotProduct {
+            e.push(ParamError::new(
+                "bn",
+                "only `predictor: nearest_centroid` runs a fresh k-means pass; dot_product \
+                 predicts with the checkpoint as it is",
+            ));
+        }
         if !(1..=2).contains(&p.view) {
             e.push(ParamError::new("view", "must be 1 or 2"));
         } else if p.view != 1 && p.predictor != Predictor::DotProduct {
@@ -166,8 +212,9 @@ impl Stage for Evaluate {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
         m.channels_last();
+        let bn = p.kmeans_bn();
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val).map_err(StageError::msg)?;
         let classes = val.classes().len();
@@ -220,11 +267,17 @@ impl Stage for Evaluate {
                 let mut online = (p.mode == KmeansMode::Minibatch)
                     .then(|| Online::new(1, &cfg, p.init_rows, p.batch_rows, device));
                 let mut stats = Vec::new();
-                let ids: Vec<usize> = (0..n).collect();
+                let train_bn = bn == Some(BnMode::Train);
+                let mut ids: Vec<usize> = (0..n).collect();
+                if train_bn {
+                    // The release's loader shuffles: batch statistics of consecutive video
+                    // frames would be far from the data set's.
+                    ids.shuffle(&mut shuffle_rng(ctx.seed(), ctx.epoch().unwrap_or(0)));
+                }
                 for chunk in ids.chunks(p.batch) {
                     ctx.check_cancelled()?;
                     let x = load_images(train.as_ref(), chunk, p.res, p.threads)?;
-                    let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), false))
+                    let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))
                         .map_err(StageError::msg)?;
                     let d = z.size()[1];
                     let rows = z.permute([0, 2, 3, 1]).reshape([-1, d]);
@@ -260,6 +313,13 @@ impl Stage for Evaluate {
         let c_out = ctx.output("centroids")?;
         c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
         c_out.set_meta("k", counts.len());
+        if bn == Some(BnMode::Train) {
+            // Only the network: the optimizer state is not what predicted.
+            m.adam = None;
+            let out = ctx.output("checkpoint")?;
+            out.set_meta("bn_stats_from", "evaluate (train-mode fresh k-means pass)");
+            checkpoint::save(out, &m)?;
+        }
 
         let n = p.val_limit.map_or(val.len(), |l| l.min(val.len()));
         let mut conf = Confusion::new(classes, k).map_err(StageError::msg)?;
@@ -323,7 +383,7 @@ impl Stage for Evaluate {
         };
         let out = ctx.output("metrics")?;
         for b in &history {
-            out.write(b)?;
+            out.write(&with_metrics_schema(b)?)?;
         }
         if conf.total() == 0 {
             // No masks: say what the clusters look like instead of failing.
@@ -341,8 +401,9 @@ impl Stage for Evaluate {
             Predictor::NearestCentroid => "nearest_centroid".to_string(),
             Predictor::DotProduct => format!("dot_product_view{}", p.view),
         };
+        let bn_note = bn.map_or(String::new(), |b| format!(", BatchNorm {}", b.as_str()));
         info!(
-            "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor})",
+            "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor}{bn_note})",
             mt.miou, mt.pixel_accuracy
         );
         let cols: Vec<ArrayRef> = vec![
@@ -354,6 +415,7 @@ impl Stage for Evaluate {
             Arc::new(Float64Array::from(vec![mt.thing_miou])),
             Arc::new(Float64Array::from(vec![mt.stuff_miou])),
             Arc::new(UInt64Array::from(vec![mt.valid_pixels])),
+            Arc::new(StringArray::from(vec![bn.map(BnMode::as_str)])),
             Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
                 Some(
                     mt.per_class_iou
@@ -395,6 +457,36 @@ impl Stage for Evaluate {
     }
 }
 
+/// The order of the train-mode pass: a pure function of (seed, epoch).
+fn shuffle_rng(seed: u64, epoch: u32) -> ChaCha8Rng {
+    let mut h = blake3::Hasher::new();
+    h.update(b"evaluate/shuffle");
+    h.update(&seed.to_le_bytes());
+    h.update(&epoch.to_le_bytes());
+    ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+/// A history batch in this version's metrics schema: columns it lacks (tables written before
+/// they existed) are null, so one table holds every epoch.
+fn with_metrics_schema(b: &RecordBatch) -> Result<RecordBatch, StageError> {
+    let schema = metrics_schema();
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match b.column_by_name(f.name()) {
+            Some(c) => Ok(c.clone()),
+            None if f.is_nullable() => {
+                Ok(arrow::array::new_null_array(f.data_type(), b.num_rows()))
+            }
+            None => Err(StageError::msg(format!(
+                "the `history` metrics lack the column `{}`",
+                f.name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
 /// Evaluation preprocessing of a batch of images, as one normalised N x 3 x res x res tensor.
 fn load_images(
     ds: &dyn crate::data::Dataset,
@@ -409,4 +501,61 @@ fn load_images(
     });
     let imgs: Vec<Tensor> = imgs.into_iter().collect::<Result<_, _>>()?;
     Ok(Tensor::stack(&imgs, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history table written before `kmeans_bn` existed joins this version's table with
+    /// nulls there; one lacking a required column is a named error.
+    #[test]
+    fn history_without_new_columns_gets_nulls() {
+        // An empty metrics batch without the named columns.
+        let without = |drop: &[&str]| {
+            let fields: Vec<_> = metrics_schema()
+                .fields()
+                .iter()
+                .filter(|f| !drop.contains(&f.name().as_str()))
+                .cloned()
+                .collect();
+            let cols: Vec<ArrayRef> = fields
+                .iter()
+                .map(|f| arrow::array::new_empty_array(f.data_type()))
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+        };
+        let out = with_metrics_schema(&without(&["kmeans_bn"])).unwrap();
+        assert_eq!(out.schema(), metrics_schema());
+        let e = with_metrics_schema(&without(&["kmeans_bn", "miou"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`miou`"), "{e}");
+    }
+
+    #[test]
+    fn bn_applies_to_the_fresh_kmeans_pass_only() {
+        let p = EvaluateParams::default();
+        assert_eq!(p.kmeans_bn(), Some(BnMode::Train));
+        let ports: Vec<_> = Evaluate::outputs(&p).into_iter().map(|p| p.name).collect();
+        assert!(ports.contains(&"checkpoint"), "{ports:?}");
+        let eval = EvaluateParams {
+            bn: Some(BnMode::Eval),
+            ..p.clone()
+        };
+        assert!(!Evaluate::outputs(&eval)
+            .iter()
+            .any(|p| p.name == "checkpoint"));
+        let dot = EvaluateParams {
+            predictor: Predictor::DotProduct,
+            ..p
+        };
+        assert_eq!(dot.kmeans_bn(), None);
+        assert!(Evaluate::validate(&dot).is_empty());
+        let bad = EvaluateParams {
+            bn: Some(BnMode::Eval),
+            ..dot
+        };
+        assert!(Evaluate::validate(&bad).iter().any(|e| e.field == "bn"));
+    }
 }

@@ -13,17 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{FeatureBatch, HostTensor, ViewBatch};
 use crate::checkpoint;
+pub use crate::model::BnMode;
 use crate::tables::{self, Precision};
 use crate::{Context, ParamError, Port, Stage, StageError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BnMode {
-    /// Batch statistics (the release's clustering pass).
-    Train,
-    /// Running statistics.
-    Eval,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -18,6 +18,31 @@ pub use fpn::{FpnConfig, FpnDecoder};
 pub use resnet::{Arch, Features, ResNet, ResNetConfig};
 pub use weights::{KeyMismatch, LoadConfig, LoadReport, Scope, ShapeMismatch};
 
+/// How a forward pass uses BatchNorm. In `Train` it normalises with each batch's own
+/// statistics and updates the running ones (momentum 0.1), as the release's clustering passes
+/// do (`model.train()` under `no_grad`); in `Eval` it uses the running statistics. A network
+/// without BatchNorm computes the same in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Batch statistics, running statistics updated.
+    Train,
+    /// Running statistics.
+    Eval,
+}
+
+impl BnMode {
+    pub fn is_train(self) -> bool {
+        self == Self::Train
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Eval => "eval",
+        }
+    }
+}
+
 /// Everything that can go wrong building, running, loading or saving the network.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

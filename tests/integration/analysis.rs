@@ -90,9 +90,19 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
             "thing_miou",
             "stuff_miou",
             "valid_pixels",
+            "kmeans_bn",
             "per_class_iou"
         ]
     );
+    let bn: Vec<&str> = m
+        .column("kmeans_bn")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(bn, ["train"; 3]);
     assert_eq!(u32s(&m, "epoch"), [0, 1, 2]);
     let valid = u64s(&m, "valid_pixels");
     for v in &valid {
@@ -204,6 +214,27 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
         "stability",
     ] {
         assert!(text.contains(section), "{section} in\n{text}");
+    }
+
+    // The report's predictions are the evaluation's: over every val image they give its
+    // confusion exactly (regression: with a train-mode k-means pass the report used the
+    // network before that pass updated its BatchNorm statistics).
+    let (preds, k) = picie::report::predictions(&run, usize::MAX).unwrap();
+    assert_eq!((preds.len(), k), (VAL_IMAGES, K));
+    let mut redrawn = Confusion::new(CLASSES, K).unwrap();
+    for p in &preds {
+        let mask = p.mask.as_ref().unwrap();
+        redrawn.add(&mask.data, &p.clusters, Some(255)).unwrap();
+    }
+    let evaluated = run.confusion(2).unwrap();
+    for g in 0..CLASSES {
+        for c in 0..K {
+            assert_eq!(
+                redrawn.get(g, c),
+                evaluated.get(g, c),
+                "class {g}, cluster {c}"
+            );
+        }
     }
 
     // report: PNGs that decode, at the sizes the layout implies, and an index linking them.

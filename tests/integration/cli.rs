@@ -43,7 +43,7 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     assert!(t.contains("mIoU"), "{t}");
     assert!(t.contains("stage(s) ran, 0 cached"), "{t}");
     // The metrics of every epoch (0 and 1) are printed as a table at the end.
-    assert!(t.contains("shape: (2, 9)"), "{t}");
+    assert!(t.contains("shape: (2, 10)"), "{t}");
 
     let again = picie(dir.path(), &["run", "p.yaml"]);
     assert!(again.status.success(), "{}", text(&again));
@@ -61,7 +61,7 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     assert!(show.status.success(), "{}", text(&show));
     let t = text(&show);
     // Two rows: epoch 0 from the history, epoch 1 from this node, in a Polars frame.
-    assert!(t.contains("shape: (2, 9)"), "{t}");
+    assert!(t.contains("shape: (2, 10)"), "{t}");
     assert!(t.contains("miou"), "{t}");
 
     let gc = picie(dir.path(), &["gc", "--store", "store", "--dry-run"]);

@@ -742,3 +742,112 @@ fn evaluate_minibatch_kmeans_matches_lloyd_when_it_sees_everything() {
     assert_eq!(online_counts.iter().sum::<u64>(), 256);
     assert_eq!(online.size(), lloyd.size());
 }
+
+/// `evaluate`'s BatchNorm mode for its fresh k-means pass. `train` (the default, as
+/// released) runs the training images with batch statistics, which moves the untrained
+/// network's running statistics off mean 0 / variance 1, and stores that network;
+/// `eval` keeps the checkpoint's statistics. The metrics say which ran, and `bn` with
+/// `dot_product` (which has no such pass) is refused at plan time.
+#[test]
+fn evaluate_bn_mode_of_the_fresh_kmeans_pass() {
+    let yaml = |params: &str| {
+        [
+            SMALL_INIT,
+            &format!(
+                "  - name: ev
+    kind: evaluate
+    params: {{res: 32, batch: 2, n_iter: 5{params}}}
+    inputs: {{checkpoint: init.checkpoint}}
+"
+            ),
+        ]
+        .concat()
+    };
+    let f = Fixture::new();
+    let (train, _) = f.run(&yaml("")).unwrap();
+    let (eval, _) = f.run(&yaml(", bn: eval")).unwrap();
+    let (explicit, _) = f.run(&yaml(", bn: train")).unwrap();
+    let store = f.store();
+
+    let bn_column = |plan: &Plan| {
+        let a = committed(&store, plan, "ev", "metrics");
+        let b = &a.read_all().unwrap()[0];
+        let c = b.column_by_name("kmeans_bn").unwrap();
+        c.as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    };
+    assert_eq!(bn_column(&train), "train");
+    assert_eq!(bn_column(&explicit), "train");
+    assert_eq!(bn_column(&eval), "eval");
+
+    // The network train mode predicted with: statistics moved, weights untouched.
+    let ev = train.index_of("ev").unwrap();
+    assert!(train.nodes[ev].output_keys.contains_key("checkpoint"));
+    let ev_eval = eval.index_of("ev").unwrap();
+    assert!(!eval.nodes[ev_eval].output_keys.contains_key("checkpoint"));
+    let updated = picie::checkpoint::load(
+        &committed(&store, &train, "ev", "checkpoint"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let init = picie::checkpoint::load(
+        &committed(&store, &train, "init", "checkpoint"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let (uv, iv) = (updated.vs.variables(), init.vs.variables());
+    let mean = &uv["backbone.bn1.running_mean"];
+    assert!(
+        mean.abs().max().double_value(&[]) > 1e-3,
+        "running mean stayed 0"
+    );
+    assert_eq!(
+        iv["backbone.bn1.running_mean"]
+            .abs()
+            .max()
+            .double_value(&[]),
+        0.0
+    );
+    let conv = |v: &std::collections::HashMap<String, tch::Tensor>| {
+        Vec::<f32>::try_from(v["backbone.conv1.weight"].flatten(0, -1)).unwrap()
+    };
+    assert_eq!(conv(&uv), conv(&iv));
+    assert!(updated.adam.is_none());
+
+    // The two modes cluster different features; the default is the explicit `train`.
+    let centroids = |plan: &Plan| {
+        picie::tables::read_centroids(&committed(&store, plan, "ev", "centroids"), 1)
+            .unwrap()
+            .0
+    };
+    let (ct, ce) = (centroids(&train), centroids(&eval));
+    assert!((&ct - &ce).abs().max().double_value(&[]) > 1e-4);
+    assert!((&ct - &centroids(&explicit)).abs().max().double_value(&[]) == 0.0);
+
+    let err = f
+        .plan(
+            &[
+                SMALL_INIT,
+                "  - name: feats
+    kind: feature_rows
+    params: {dim: 128}
+  - name: km
+    kind: kmeans
+    params: {k: 3, mode: lloyd, n_iter: 2}
+    inputs: {features: feats.features}
+  - name: ev
+    kind: evaluate
+    params: {res: 32, predictor: dot_product, bn: train}
+    inputs: {checkpoint: init.checkpoint, centroids: km.centroids}
+",
+            ]
+            .concat(),
+        )
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("bn") && msg.contains("dot_product"), "{msg}");
+}
