@@ -380,16 +380,18 @@ fn the_default_pipeline_learns() {
     let mean = |f: fn(&(u32, f64, f64)) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
     let (miou_end, acc_end) = (mean(|r| r.1), mean(|r| r.2));
     let best = rows.iter().map(|r| r.1).fold(f64::MIN, f64::max);
-    // On 128 synthetic val images epoch-to-epoch mIoU still moves by ~1 point, and small
+    // On 128 synthetic val images epoch-to-epoch mIoU still moves by ~1-2 points, and small
     // numerical changes (kernel choice) reshuffle it, so the last three epochs are averaged.
-    // Measured on the 2-core dev VM (release build): pixel accuracy 45.7 -> 51.0 and mIoU
-    // 26.5 -> 29.9 (mean of epochs 6-8), best mIoU 30.1, rising from epoch 2 on.
+    // Epoch 0 is measured as released (train-mode BatchNorm in the fresh k-means pass).
+    // Measured on the 2-core dev VM (release build, 2026-11-30): pixel accuracy 45.6 -> 50.8
+    // and mIoU 23.3 -> 29.8 (mean of epochs 6-8), best mIoU 30.7. With eval-mode BatchNorm
+    // the baseline was 26.5 / 45.7 and the margins +2 mIoU / +3 accuracy.
     assert!(
         acc_end >= acc0 + 3.0,
         "pixel accuracy did not improve clearly: {rows:?}"
     );
     assert!(
-        miou_end >= miou0 + 2.0 && best >= miou0 + 2.5,
+        miou_end >= miou0 + 4.0 && best >= miou0 + 5.0,
         "mIoU did not improve clearly: {rows:?}"
     );
 }
@@ -517,6 +519,16 @@ fn shipped_pipelines_plan() {
         }
     }
     assert!(seen >= 5, "only {seen} pipelines in {}", dir.display());
+
+    // The GPU check's pipelines ask for CUDA; on the CPU they must plan once it is swapped.
+    let gpu = tempfile::tempdir().unwrap();
+    for name in ["tiny", "faithful", "fast"] {
+        let text = std::fs::read_to_string(dir.join("gpu").join(format!("{name}.yaml"))).unwrap();
+        let path = gpu.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text.replace("\ndevice: cuda\n", "\ndevice: cpu\n")).unwrap();
+        let plan = Plan::load(&path, &reg).unwrap_or_else(|e| panic!("gpu/{name}.yaml: {e}"));
+        assert!(plan.nodes.len() > 8, "gpu/{name}.yaml");
+    }
 }
 
 /// The `fast` profile's streamed k-means equals the faithful one's on stored features, bit
