@@ -159,11 +159,7 @@ fn dataset(r: &Run) -> Result<std::sync::Arc<crate::data::DatasetConfig>, Analys
 }
 
 fn dataset_classes(r: &Run) -> Result<Vec<ClassInfo>, AnalysisError> {
-    let ds = dataset(r)?;
-    let val = ds
-        .open(Split::Val)
-        .map_err(|e| AnalysisError::Other(e.to_string()))?;
-    Ok(val.classes().to_vec())
+    Ok(open_val(r)?.classes().to_vec())
 }
 
 fn class_colour(classes: &[ClassInfo], c: Option<usize>) -> Rgb<u8> {
@@ -182,12 +178,22 @@ pub struct Predicted {
 }
 
 /// The last evaluation's predictions for the first `n` validation images, with its network,
-/// preprocessing, centroids and predictor, and the evaluation node they reproduce.
+/// preprocessing, centroids and predictor, and its k.
 pub fn predictions(r: &Run, n: usize) -> Result<(Vec<Predicted>, usize), AnalysisError> {
-    let ds = dataset(r)?;
-    let val = ds
+    predict(r, open_val(r)?.as_ref(), n)
+}
+
+fn open_val(r: &Run) -> Result<Box<dyn crate::data::Dataset>, AnalysisError> {
+    dataset(r)?
         .open(Split::Val)
-        .map_err(|e| AnalysisError::Other(e.to_string()))?;
+        .map_err(|e| AnalysisError::Other(e.to_string()))
+}
+
+fn predict(
+    r: &Run,
+    val: &dyn crate::data::Dataset,
+    n: usize,
+) -> Result<(Vec<Predicted>, usize), AnalysisError> {
     let n = n.min(val.len());
 
     let eval = r.last_node("evaluate", "metrics")?;
@@ -230,8 +236,8 @@ pub fn predictions(r: &Run, n: usize) -> Result<(Vec<Predicted>, usize), Analysi
 
     let mut items = Vec::new();
     for i in 0..n {
-        let (img, mask) = preprocess::load_eval(val.as_ref(), i, res)
-            .map_err(|e| AnalysisError::Other(e.to_string()))?;
+        let (img, mask) =
+            preprocess::load_eval(val, i, res).map_err(|e| AnalysisError::Other(e.to_string()))?;
         if img.dimensions() != (res, res) {
             return Err(AnalysisError::Other(format!(
                 "evaluation preprocessing of {} gave {:?}, not {res}x{res}",
@@ -271,12 +277,9 @@ pub fn predictions(r: &Run, n: usize) -> Result<(Vec<Predicted>, usize), Analysi
 
 /// The sample panels of the first `n` validation images, and the classes.
 fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo>), AnalysisError> {
-    let (items, k) = predictions(r, n)?;
+    let val = open_val(r)?;
+    let (items, k) = predict(r, val.as_ref(), n)?;
     let eval = r.last_node("evaluate", "metrics")?;
-    let ds = dataset(r)?;
-    let val = ds
-        .open(Split::Val)
-        .map_err(|e| AnalysisError::Other(e.to_string()))?;
     let classes = val.classes().to_vec();
     let ignore = val.ignore_index();
     let res = items.first().map_or(0, |p| p.image.width());

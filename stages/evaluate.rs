@@ -1,5 +1,5 @@
 //! `evaluate`: the release's final protocol. Fresh k-means on the training images' features
-//! (centre crops, no augmentation, network in eval mode), then every validation pixel gets
+//! (centre crops, no augmentation, BatchNorm as set by `bn`, below), then every validation pixel gets
 //! its cluster (nearest centroid, scores upsampled bilinearly to the label size), clusters
 //! are matched to classes (Hungarian, or majority when over-clustering), and pixel accuracy
 //! and mIoU are computed.
@@ -215,6 +215,7 @@ impl Stage for Evaluate {
         let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
         m.channels_last();
         let bn = p.kmeans_bn();
+        let train_bn = bn == Some(BnMode::Train);
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val).map_err(StageError::msg)?;
         let classes = val.classes().len();
@@ -267,7 +268,6 @@ impl Stage for Evaluate {
                 let mut online = (p.mode == KmeansMode::Minibatch)
                     .then(|| Online::new(1, &cfg, p.init_rows, p.batch_rows, device));
                 let mut stats = Vec::new();
-                let train_bn = bn == Some(BnMode::Train);
                 let mut ids: Vec<usize> = (0..n).collect();
                 if train_bn {
                     // The release's loader shuffles: batch statistics of consecutive video
@@ -313,7 +313,7 @@ impl Stage for Evaluate {
         let c_out = ctx.output("centroids")?;
         c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
         c_out.set_meta("k", counts.len());
-        if bn == Some(BnMode::Train) {
+        if train_bn {
             // Only the network: the optimizer state is not what predicted.
             m.adam = None;
             let out = ctx.output("checkpoint")?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{FeatureBatch, HostTensor, ViewBatch};
 use crate::checkpoint;
-pub use crate::model::BnMode;
+use crate::model::BnMode;
 use crate::tables::{self, Precision};
 use crate::{Context, ParamError, Port, Stage, StageError};
 

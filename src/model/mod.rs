@@ -32,9 +32,6 @@ pub enum BnMode {
 }
 
 impl BnMode {
-    pub fn is_train(self) -> bool {
-        self == Self::Train
-    }
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Train => "train",

@@ -67,6 +67,21 @@ stages:
     kind: init
 ";
 
+/// [`SMALL_INIT`] plus `dim`-dimensional feature rows clustered into `k` (Lloyd, 2
+/// iterations) as `km.centroids`, for stages that read centroids.
+fn small_init_with_centroids(dim: usize, k: usize) -> String {
+    format!(
+        "{SMALL_INIT}  - name: feats
+    kind: feature_rows
+    params: {{dim: {dim}}}
+  - name: km
+    kind: kmeans
+    params: {{k: {k}, mode: lloyd, n_iter: 2}}
+    inputs: {{features: feats.features}}
+"
+    )
+}
+
 fn kmeans_yaml(features: &str, kmeans: &str) -> String {
     format!(
         "{HEADER}stages:
@@ -125,15 +140,8 @@ fn kmeans_bad_input_is_a_clear_error_and_writes_nothing() {
 fn centroids_of_the_wrong_dimension_stop_label_before_any_work() {
     let f = Fixture::new();
     let yaml = &[
-        SMALL_INIT,
-        "  - name: feats
-    kind: feature_rows
-    params: {dim: 8}
-  - name: km
-    kind: kmeans
-    params: {k: 3, mode: lloyd, n_iter: 2}
-    inputs: {features: feats.features}
-  - name: aug
+        small_init_with_centroids(8, 3).as_str(),
+        "  - name: aug
     kind: augment
     params: {size: 48, res: 32, batch: 2}
   - name: label
@@ -676,16 +684,9 @@ fn evaluate_refuses_too_few_clusters_for_hungarian() {
 fn evaluate_dot_product_uses_the_named_view() {
     let yaml = |eval_params: &str| {
         [
-            SMALL_INIT,
-            &format!(
-                "  - name: feats
-    kind: feature_rows
-    params: {{dim: 128}}
-  - name: km
-    kind: kmeans
-    params: {{k: 4, mode: lloyd, n_iter: 2}}
-    inputs: {{features: feats.features}}
-  - name: ev
+            small_init_with_centroids(128, 4),
+            format!(
+                "  - name: ev
     kind: evaluate
     params: {eval_params}
     inputs: {{checkpoint: init.checkpoint, centroids: km.centroids}}
@@ -842,15 +843,8 @@ fn evaluate_bn_mode_of_the_fresh_kmeans_pass() {
     let err = f
         .plan(
             &[
-                SMALL_INIT,
-                "  - name: feats
-    kind: feature_rows
-    params: {dim: 128}
-  - name: km
-    kind: kmeans
-    params: {k: 3, mode: lloyd, n_iter: 2}
-    inputs: {features: feats.features}
-  - name: ev
+                small_init_with_centroids(128, 3).as_str(),
+                "  - name: ev
     kind: evaluate
     params: {res: 32, predictor: dot_product, bn: train}
     inputs: {checkpoint: init.checkpoint, centroids: km.centroids}
