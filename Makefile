@@ -20,8 +20,9 @@ build: setup
 run: build
 	cargo run --release --quiet --bin picie -- run pipeline.yaml
 
+# Every crate of the workspace: the engine (engine/), and picie with its stages.
 test: setup
-	cargo test --all-targets
+	cargo test --workspace --all-targets
 
 # `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, kmeans-camvid,
 # kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
@@ -32,4 +33,4 @@ bench:
 
 lint: setup
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings

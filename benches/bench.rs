@@ -269,7 +269,7 @@ fn bench_augment(dir: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     // As `picie` runs its stages.
-    picie::exec::tune_malloc();
+    picie::memory::tune_malloc();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
     if matches!(which, "all" | "plan") {

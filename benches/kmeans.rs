@@ -195,8 +195,10 @@ pub fn bench_stream(millions: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let fit = kmeans::lloyd(
         || {
-            art.batches()
-                .map(|b| b.and_then(|b| picie::tables::features_of_view(&b, 1)))
+            art.batches().map(|b| {
+                b.and_then(|b| picie::tables::features_of_view(&b, 1))
+                    .map_err(picie::error::StageFailure)
+            })
         },
         &cfg,
         Device::Cpu,

@@ -13,9 +13,9 @@ use arrow::array::{Array, BinaryArray, UInt16Array, UInt32Array, UInt8Array};
 use polars::prelude::*;
 
 use crate::artifact::{Artifact, Format};
+use crate::error::{StageError, StageFailure};
 use crate::metrics::{self, Confusion, MetricsError};
 use crate::store::{Lookup, NodeRecord, RunRecord, Store, StoreError};
-use crate::StageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
@@ -55,7 +55,7 @@ pub enum AnalysisError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
-    Stage(#[from] StageError),
+    Stage(#[from] StageFailure),
     #[error("Polars: {0}")]
     Polars(#[from] PolarsError),
     #[error("{0}")]
@@ -67,6 +67,12 @@ pub enum AnalysisError {
     },
     #[error("{0}")]
     Other(String),
+}
+
+impl From<StageError> for AnalysisError {
+    fn from(e: StageError) -> Self {
+        Self::Stage(StageFailure(e))
+    }
 }
 
 impl AnalysisError {

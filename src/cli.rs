@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::artifact::Format;
+use crate::error::StageFailure;
 use crate::exec::{self, RunOptions};
 use crate::plan::Plan;
 use crate::stage::{Mode, Registry};
@@ -126,7 +127,7 @@ struct StoreArg {
 }
 
 pub fn main() -> ExitCode {
-    crate::exec::tune_malloc();
+    crate::memory::tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     match dispatch(cli, &crate::stages::builtin()) {
@@ -162,8 +163,9 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PICIE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("picie={level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PICIE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("picie={level},picie_engine={level}"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -238,7 +240,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                     .map(|d| {
                         if d.run {
                             "run"
-                        } else if d.why == "cached" {
+                        } else if d.why == exec::Why::Cached {
                             "cached"
                         } else {
                             "skip"
@@ -252,7 +254,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 "pipeline `{}` ({}), device {}, store {}: {} node(s)",
                 plan.spec.name,
                 pipeline.display(),
-                plan.device,
+                plan.describe_global(),
                 plan.spec.store.display(),
                 plan.nodes.len()
             );
@@ -281,7 +283,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                     node.kind,
                     if d.run {
                         "run"
-                    } else if d.why == "cached" {
+                    } else if d.why == exec::Why::Cached {
                         "cached"
                     } else {
                         "-"
@@ -467,7 +469,11 @@ fn show(store: &Store, key: &str, rows: usize) -> Result<()> {
                 println!("{df}");
             }
             _ => {
-                let batches: Vec<_> = a.batches().take(1).collect::<Result<_, _>>()?;
+                let batches: Vec<_> = a
+                    .batches()
+                    .take(1)
+                    .collect::<Result<_, _>>()
+                    .map_err(StageFailure)?;
                 if let Some(b) = batches.first() {
                     let b = b.slice(0, rows.min(b.num_rows()));
                     println!("{}", arrow::util::pretty::pretty_format_batches(&[b])?);

@@ -1,29 +1,23 @@
 //! picie: PiCIE (Cho et al., CVPR 2021) as a reproducible, resumable dataflow pipeline.
 //!
-//! A pipeline file (`spec`) becomes a validated DAG (`plan`) whose stages (`stage`,
-//! implemented in `stages/`) run on threads joined by bounded channels (`exec`) and leave
-//! content-addressed Parquet artifacts in a store (`store`, `artifact`).
+//! The engine (crate `picie-engine`: spec, plan, exec, stage, store, artifact) runs a
+//! pipeline file's DAG; its modules are re-exported here under the same names. This crate
+//! adds PiCIE's stage kinds (`stages/`), its sections (`dataset:`, `device:`) and the
+//! method itself (model, k-means, transforms, data sets, metrics).
 
 pub mod analysis;
-pub mod artifact;
 pub mod augment_params;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
-pub mod context;
 pub mod data;
 pub mod device;
-pub mod diag;
-pub mod error;
-pub mod exec;
 pub mod kmeans;
+pub mod memory;
 pub mod metrics;
 pub mod model;
-pub mod plan;
 pub mod report;
-pub mod spec;
-pub mod stage;
-pub mod store;
+pub mod sections;
 pub mod synthetic;
 pub mod tables;
 
@@ -31,7 +25,8 @@ pub mod tables;
 pub mod stages;
 pub mod transforms;
 
-pub use context::{Context, Item};
+pub use picie_engine::{artifact, context, diag, error, exec, plan, spec, stage, store};
+pub use picie_engine::{Context, Item};
 
 /// The Python that reads `.pth` files and serves as the tests' numerical oracle:
 /// `PICIE_PYTHON`, else the project venv that `scripts/setup.sh` makes.
@@ -86,8 +81,5 @@ where
     Some(out)
 }
 
-pub use error::{Error, StageError};
-pub use exec::{run, RunOptions};
-pub use plan::Plan;
-pub use stage::{Mode, ParamError, Port, Registry, Stage};
-pub use store::Store;
+pub use picie_engine::{run, Error, Mode, ParamError, Plan, Port, Registry, RunOptions};
+pub use picie_engine::{Stage, StageError, Store};

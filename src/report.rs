@@ -149,12 +149,9 @@ fn dataset(r: &Run) -> Result<std::sync::Arc<crate::data::DatasetConfig>, Analys
             path.display()
         ))
     })?;
-    plan.nodes
-        .iter()
-        .rev()
-        .filter(|n| n.kind == "evaluate")
-        .chain(plan.nodes.iter())
-        .find_map(|n| n.dataset.clone())
+    plan.section::<crate::data::DatasetConfig>(crate::sections::DATASET)
+        .cloned()
+        .map(std::sync::Arc::new)
         .ok_or_else(|| AnalysisError::Other(format!("{} names no data set", path.display())))
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment_params::{self, AugRow, AugmentConfig};
 use crate::batch::{HostTensor, ViewBatch};
 use crate::data::{preprocess, Split};
+use crate::sections::PicieContext;
 use crate::transforms::{geometric, views};
 use crate::{Context, ParamError, Port, Stage, StageError};
 
@@ -126,9 +127,7 @@ impl Stage for Augment {
         }
         e
     }
-    fn reads_dataset() -> bool {
-        true
-    }
+    const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
     fn new(p: AugmentParams) -> Self {
         Self(p)
     }

@@ -32,9 +32,11 @@ use tracing::info;
 
 use crate::checkpoint;
 use crate::data::{preprocess, Split};
+use crate::error::StageFailure;
 use crate::kmeans::{self, KmeansConfig};
 use crate::metrics::{self, Confusion, Matching};
 use crate::model::BnMode;
+use crate::sections::PicieContext;
 use crate::stages::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
 use crate::tables;
 use crate::transforms::geometric::to_tensor_normalised;
@@ -202,9 +204,7 @@ impl Stage for Evaluate {
         }
         e
     }
-    fn reads_dataset() -> bool {
-        true
-    }
+    const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
     fn new(p: EvaluateParams) -> Self {
         Self(p)
     }
@@ -290,7 +290,11 @@ impl Stage for Evaluate {
                     Some(o) => o.finish(&mut stats)?,
                     None => {
                         let fit = kmeans::lloyd(
-                            || feats.iter().map(|t| Ok::<_, StageError>(t.shallow_clone())),
+                            || {
+                                feats
+                                    .iter()
+                                    .map(|t| Ok::<_, StageFailure>(t.shallow_clone()))
+                            },
                             &cfg,
                             device,
                         )

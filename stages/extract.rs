@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{FeatureBatch, HostTensor, ViewBatch};
 use crate::checkpoint;
 use crate::model::BnMode;
+use crate::sections::PicieContext;
 use crate::tables::{self, Precision};
 use crate::{Context, ParamError, Port, Stage, StageError};
 

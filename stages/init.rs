@@ -10,6 +10,7 @@ use tracing::info;
 use crate::checkpoint::{self, ModelSpec};
 use crate::model::weights::{self, LoadConfig, Scope};
 use crate::model::InputNorm;
+use crate::sections::PicieContext;
 use crate::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]

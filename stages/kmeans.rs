@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::batch::FeatureBatch;
+use crate::error::StageFailure;
 use crate::kmeans::{self, Init, Kmeans, KmeansConfig, Metric};
+use crate::sections::PicieContext;
 use crate::tables;
 use crate::{Context, ParamError, Port, Stage, StageError};
 
@@ -136,9 +138,10 @@ impl Stage for KmeansStage {
                 ctx.check_cancelled()?;
                 let features = &features;
                 let chunks = move || {
-                    features
-                        .batches()
-                        .map(move |b| b.and_then(|b| tables::features_of_view(&b, view)))
+                    features.batches().map(move |b| {
+                        b.and_then(|b| tables::features_of_view(&b, view))
+                            .map_err(StageFailure)
+                    })
                 };
                 let fit = kmeans::lloyd(chunks, &cfg, device).map_err(view_err(view))?;
                 push_iters(&mut stats, view, &fit.iters);
@@ -328,7 +331,7 @@ impl<'a> Online<'a> {
                     || {
                         pieces
                             .iter()
-                            .map(|t| Ok::<_, StageError>(t.shallow_clone()))
+                            .map(|t| Ok::<_, StageFailure>(t.shallow_clone()))
                     },
                     self.cfg,
                     self.device,

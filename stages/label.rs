@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::ViewBatch;
 use crate::checkpoint;
 use crate::kmeans::label_release;
+use crate::sections::PicieContext;
 use crate::tables;
 use crate::{Context, Port, Stage, StageError};
 

@@ -11,9 +11,10 @@ pub mod train;
 
 use crate::stage::Registry;
 
-/// Every kind `picie run` knows.
+/// Every kind `picie run` knows, with picie's sections and cache-key provenance.
 pub fn builtin() -> Registry {
     let mut r = Registry::new();
+    crate::sections::register(&mut r);
     r.register::<init::Init>()
         .register::<augment::Augment>()
         .register::<extract::Extract>()

@@ -13,6 +13,7 @@ use tch::{Reduction, Tensor};
 
 use crate::batch::ViewBatch;
 use crate::checkpoint::{self, AdamState};
+use crate::sections::PicieContext;
 use crate::tables;
 use crate::{Context, ParamError, Port, Stage, StageError};
 

@@ -12,7 +12,7 @@ fn picie(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_picie"))
         .args(args)
         .current_dir(dir)
-        .env("PICIE_LOG", "picie=info")
+        .env("PICIE_LOG", "picie=info,picie_engine=info")
         .output()
         .unwrap()
 }

@@ -1,10 +1,8 @@
-//! The one integration test binary (ripgrep style): modules by area.
+//! The one integration test binary (ripgrep style): modules by area. The engine's own
+//! tests (executor, cache, spec errors, sections) are in `engine/tests/`.
 
 mod common;
 
 mod analysis;
-mod cache;
 mod cli;
-mod executor;
 mod picie;
-mod spec_errors;

@@ -10,7 +10,7 @@ use picie::artifact::Artifact;
 use picie::store::Lookup;
 use picie::{Plan, Store};
 
-use crate::common::{tiny_pipeline, Fixture, LabelRows, HEADER};
+use crate::common::{fixture, tiny_pipeline, LabelRows, HEADER};
 
 /// A node's committed output artifact (panics if it is not committed).
 fn committed(store: &Store, plan: &Plan, node: &str, output: &str) -> Artifact {
@@ -116,7 +116,7 @@ fn kmeans_bad_input_is_a_clear_error_and_writes_nothing() {
         ("{images: 0}", "{k: 3, mode: minibatch}", "no rows"),
     ];
     for (features, kmeans, expect) in cases {
-        let f = Fixture::new();
+        let f = fixture();
         let yaml = kmeans_yaml(features, kmeans);
         let err = f
             .run(&yaml)
@@ -138,7 +138,7 @@ fn kmeans_bad_input_is_a_clear_error_and_writes_nothing() {
 
 #[test]
 fn centroids_of_the_wrong_dimension_stop_label_before_any_work() {
-    let f = Fixture::new();
+    let f = fixture();
     let yaml = &[
         small_init_with_centroids(8, 3).as_str(),
         "  - name: aug
@@ -217,7 +217,7 @@ fn train_refuses_mismatched_inputs_and_writes_nothing() {
         ("km8", 32, "centroids have dimension 8"),
         ("km", 48, "labels and images do not match"),
     ] {
-        let f = Fixture::new();
+        let f = fixture();
         let yaml = yaml(centroids, res);
         let msg = format!(
             "{:#}",
@@ -239,7 +239,7 @@ fn train_refuses_mismatched_inputs_and_writes_nothing() {
 #[test]
 fn label_artifacts_round_trip() {
     for k in [3i64, 11, 256, 300, 65536] {
-        let f = Fixture::new();
+        let f = fixture();
         let yaml =
             format!("{HEADER}stages:\n  - {{name: l, kind: label_rows, params: {{k: {k}}}}}\n");
         let (plan, _) = f.run(&yaml).unwrap();
@@ -266,7 +266,7 @@ fn label_artifacts_round_trip() {
 #[test]
 fn seeded_cpu_runs_are_identical() {
     let yaml = tiny_pipeline("det", 1);
-    let (a, b) = (Fixture::new(), Fixture::new());
+    let (a, b) = (fixture(), fixture());
     let (plan, _) = a.run(&yaml).unwrap();
     b.run(&yaml).unwrap();
     for (node, output) in [
@@ -305,7 +305,7 @@ fn committed_objects(store: &Path) -> usize {
 #[test]
 fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
     let yaml = tiny_pipeline("killed", 2);
-    let killed = Fixture::new();
+    let killed = fixture();
     let path = killed.write(&yaml);
     let run = |dir: &Path| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_picie"));
@@ -353,7 +353,7 @@ fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
     );
     assert!(committed_objects(&store_dir) > before);
 
-    let clean = Fixture::new();
+    let clean = fixture();
     clean.run(&yaml).unwrap();
     for (node, output) in [("evaluate@2", "metrics"), ("train@2", "checkpoint")] {
         assert_eq!(
@@ -372,7 +372,7 @@ fn the_default_pipeline_learns() {
         .unwrap();
     assert!(text.contains("\nstore: artifacts\n"));
     let yaml = text.replace("\nstore: artifacts\n", "\nstore: store\n");
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, _) = f.run(&yaml).unwrap();
     let last = plan
         .nodes
@@ -424,7 +424,7 @@ fn first_conv_of(store: &Store, plan: &Plan, node: &str) -> Vec<f32> {
 /// is in the key (a changed file re-runs init), and bad files are named errors.
 #[test]
 fn init_loads_weights_and_keys_them_by_content() {
-    let f = Fixture::new();
+    let f = fixture();
     let file = f.dir.path().join("w.safetensors");
     save_weights(&file, "resnet18", 5);
     let yaml = format!(
@@ -556,7 +556,7 @@ fn streamed_kmeans_equals_stored_and_extract_storage_options() {
         "params: {k: 3, mode: minibatch, n_iter: 5, init_rows: 3000, batch_rows: 700}",
     );
     assert!(fast.contains("features.stream") && faithful.contains("init_rows: 3000"));
-    let (a, b) = (Fixture::new(), Fixture::new());
+    let (a, b) = (fixture(), fixture());
     let (pa, _) = a.run(&faithful).unwrap();
     let (pb, _) = b.run(&fast).unwrap();
     for output in ["centroids", "stats"] {
@@ -576,7 +576,7 @@ fn streamed_kmeans_equals_stored_and_extract_storage_options() {
         "init_rows: 3000, batch_rows: 700",
         "init_rows: 100, batch_rows: 70",
     );
-    let (c, d) = (Fixture::new(), Fixture::new());
+    let (c, d) = (fixture(), fixture());
     let (pc, _) = c.run(&small).unwrap();
     let (pd, _) = d.run(&small_faithful).unwrap();
     assert_eq!(
@@ -587,10 +587,7 @@ fn streamed_kmeans_equals_stored_and_extract_storage_options() {
     let lloyd = fast.replace("mode: minibatch", "mode: lloyd");
     let msg = format!(
         "{:#}",
-        Fixture::new()
-            .run(&lloyd)
-            .err()
-            .unwrap_or_else(|| panic!("ran"))
+        fixture().run(&lloyd).err().unwrap_or_else(|| panic!("ran"))
     );
     assert!(
         msg.contains("lloyd") && msg.contains("stored `features`"),
@@ -604,7 +601,7 @@ fn streamed_kmeans_equals_stored_and_extract_storage_options() {
             "    - name: features\n      kind: extract\n",
             &format!("    - name: features\n      kind: extract\n      params: {params}\n"),
         );
-        let f = Fixture::new();
+        let f = fixture();
         let plan = f.plan(&yaml).unwrap();
         let opts = picie::RunOptions {
             until: vec!["features@1".into()],
@@ -657,7 +654,7 @@ fn evaluate_refuses_too_few_clusters_for_hungarian() {
 ",
     ]
     .concat();
-    let f = Fixture::new();
+    let f = fixture();
     let msg = format!(
         "{:#}",
         f.run(yaml).err().unwrap_or_else(|| panic!("evaluated"))
@@ -695,7 +692,7 @@ fn evaluate_dot_product_uses_the_named_view() {
         ]
         .concat()
     };
-    let f = Fixture::new();
+    let f = fixture();
     // Hungarian matching of 4 clusters to 3 classes is refused before any work.
     let hungarian = yaml("{res: 32, predictor: dot_product, view: 2}");
     let msg = format!("{:#}", f.run(&hungarian).err().unwrap());
@@ -741,7 +738,7 @@ fn evaluate_minibatch_kmeans_matches_lloyd_when_it_sees_everything() {
         .concat()
     };
     let centroids = |params: &str| {
-        let f = Fixture::new();
+        let f = fixture();
         let (plan, _) = f.run(&yaml(params)).unwrap();
         let a = committed(&f.store(), &plan, "ev", "centroids");
         picie::tables::read_centroids(&a, 1).unwrap()
@@ -776,7 +773,7 @@ fn evaluate_bn_mode_of_the_fresh_kmeans_pass() {
         ]
         .concat()
     };
-    let f = Fixture::new();
+    let f = fixture();
     let (train, _) = f.run(&yaml("")).unwrap();
     let (eval, _) = f.run(&yaml(", bn: eval")).unwrap();
     let (explicit, _) = f.run(&yaml(", bn: train")).unwrap();

@@ -4,10 +4,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use picie::exec::{Outcome, RunOptions};
-use picie::Error;
+use picie_engine::exec::{Outcome, RunOptions};
+use picie_engine::Error;
 
-use crate::common::{ran, Fixture, HEADER, IN_FLIGHT, MAX_IN_FLIGHT};
+use picie_engine::testing::ran;
+
+use crate::common::{fixture, Values, HEADER, IN_FLIGHT, MAX_IN_FLIGHT};
 
 /// The in-flight counters are global: tests that read them take turns.
 static COUNTERS: Mutex<()> = Mutex::new(());
@@ -39,7 +41,7 @@ fn fan_out_to_three_consumers() {
     inputs: {{base: src.table}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, report) = f.run(&yaml).unwrap();
     assert_eq!(f.values(&plan, "s1", "total"), vec![sum_0_to(100)]);
     assert_eq!(f.values(&plan, "s3", "total"), vec![3 * sum_0_to(100)]);
@@ -68,7 +70,7 @@ stages:
     inputs: {{a: a.numbers, b: b.numbers}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, _) = f.run(&yaml).unwrap();
     let mut want: Vec<u64> = (0..50).chain(1000..1050).collect();
     want.sort();
@@ -98,7 +100,7 @@ fn a_failing_stage_reports_its_own_error_and_keeps_committed_artifacts() {
     inputs: {{base: bad.total}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let t = Instant::now();
     let err = f.run(&yaml).unwrap_err();
     match &err {
@@ -115,7 +117,7 @@ fn a_failing_stage_reports_its_own_error_and_keeps_committed_artifacts() {
     let src = &plan.nodes[plan.index_of("src").unwrap()];
     assert!(matches!(
         f.store().lookup(&src.output_keys["table"]),
-        picie::store::Lookup::Missing
+        picie_engine::store::Lookup::Missing
     ));
     let record = std::fs::read_to_string(f.dir.path().join("store/runs/t/latest.json")).unwrap();
     assert!(record.contains("\"ok\": false"), "{record}");
@@ -134,7 +136,7 @@ fn a_failing_producer_is_the_reported_error_not_its_consumers() {
     inputs: {{numbers: src.numbers}}
 "
     );
-    let err = Fixture::new().run(&yaml).unwrap_err();
+    let err = fixture().run(&yaml).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("stage `src` (numbers) failed: numbers: refusing value 500"),
@@ -156,7 +158,7 @@ fn a_panic_becomes_an_error() {
     inputs: {{numbers: src.numbers}}
 "
     );
-    let text = Fixture::new().run(&yaml).unwrap_err().to_string();
+    let text = fixture().run(&yaml).unwrap_err().to_string();
     assert!(
         text.contains("stage `src` (numbers) failed: stage panicked: numbers: panic at 12"),
         "{text}"
@@ -180,7 +182,7 @@ stages:
     inputs: {{numbers: src.numbers}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, _) = f.run(&yaml).unwrap();
     assert_eq!(f.values(&plan, "s", "total"), vec![sum_0_to(60)]);
     // 2 in the channel, 1 being sent, 1 being consumed; unbounded buffering would reach 60.
@@ -212,7 +214,7 @@ loop:
         prev: {{from: step.total, epoch: prev, first: init.total}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, _) = f.run(&yaml).unwrap();
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     for n in ["step@1", "step@2", "step@3"] {
@@ -245,7 +247,7 @@ fn until_force_and_from_select_what_runs() {
     inputs: {{base: b.total}}
 "
     );
-    let f = Fixture::new();
+    let f = fixture();
     let until = RunOptions {
         until: vec!["a".into()],
         ..Default::default()

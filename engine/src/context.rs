@@ -8,9 +8,8 @@ use crossbeam_channel::{select, Receiver, Sender};
 use indicatif::ProgressBar;
 
 use crate::artifact::{Artifact, ArtifactWriter};
-use crate::data::DatasetConfig;
-use crate::device::Device;
 use crate::error::StageError;
+use crate::section::{self, Section, Sections};
 
 /// One item of a stream. Any `Send + Sync` value; shared, not copied, on fan-out.
 pub type Item = Arc<dyn Any + Send + Sync>;
@@ -39,12 +38,11 @@ pub struct NodeInfo {
     pub kind: String,
     pub epoch: Option<u32>,
     pub seed: u64,
-    pub device: Device,
 }
 
 pub struct Context {
     pub(crate) info: NodeInfo,
-    pub(crate) dataset: Option<Arc<DatasetConfig>>,
+    pub(crate) sections: Sections,
     pub(crate) base_dir: std::path::PathBuf,
     pub(crate) streams_in: BTreeMap<String, StreamIn>,
     pub(crate) streams_out: BTreeMap<String, StreamOut>,
@@ -65,14 +63,14 @@ impl Context {
     pub fn seed(&self) -> u64 {
         self.info.seed
     }
-    pub fn device(&self) -> Device {
-        self.info.device
-    }
-    /// The pipeline's `dataset:` section (only for kinds whose `reads_dataset()` is true).
-    pub fn dataset(&self) -> Result<&DatasetConfig, StageError> {
-        self.dataset
-            .as_deref()
-            .ok_or_else(|| StageError::msg("this stage needs the pipeline's `dataset:`"))
+    /// A top-level section this kind reads ([`crate::Stage::SECTIONS`], or a global one).
+    pub fn section<T: Section>(&self, name: &str) -> Result<&T, StageError> {
+        section::get(&self.sections, name).ok_or_else(|| {
+            StageError::msg(format!(
+                "this stage needs the pipeline's `{name}:` (as {})",
+                std::any::type_name::<T>()
+            ))
+        })
     }
     /// The pipeline file's folder: relative paths in params resolve against it.
     pub fn base_dir(&self) -> &std::path::Path {

@@ -4,7 +4,8 @@
 //! copied once per epoch (`extract@1`, `extract@2`, ...) so the plan is a plain DAG whose
 //! nodes carry their epoch. Each node's key is a blake3 over a canonical JSON of what
 //! determines its outputs: kind, code version, params, seed, epoch, the keys of its inputs,
-//! picie and libtorch versions, device class (and the dataset for kinds that read it).
+//! the application's provenance fields (its version, library versions) and the top-level
+//! sections the kind reads (global ones, such as the device class, for every kind).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -13,10 +14,9 @@ use std::sync::Arc;
 use marked_yaml::Node;
 use serde_json::json;
 
-use crate::data::DatasetConfig;
-use crate::device::{libtorch_version, Device};
 use crate::diag::{suggest, Diagnostic, Diagnostics};
 use crate::error::Error;
+use crate::section::{self, Section, Sections};
 use crate::spec::{self, EpochSel, InputSpec, Spec, StageSpec};
 use crate::stage::{Configured, Mode, Port, Registry};
 
@@ -30,7 +30,8 @@ pub struct PlanNode {
     pub configured: Arc<dyn Configured>,
     pub inputs: Vec<PlanInput>,
     pub outputs: Vec<Port>,
-    pub dataset: Option<Arc<DatasetConfig>>,
+    /// The sections this node reads: those its kind lists, and the global ones.
+    pub sections: Sections,
     pub key: String,
     /// Stream-connected group (an index into `nodes`): a group's stages start together.
     pub group: usize,
@@ -53,7 +54,13 @@ impl PlanNode {
 
 pub struct Plan {
     pub spec: Spec,
-    pub device: Device,
+    /// Every section the file gave (or that has a default), by name.
+    pub sections: Sections,
+    /// Names of the global sections, in registration order.
+    pub global_sections: Vec<&'static str>,
+    /// The application's version, recorded in manifests.
+    pub version: String,
+    pub(crate) after_stage: Option<fn()>,
     /// Nodes in a topological order.
     pub nodes: Vec<PlanNode>,
 }
@@ -62,7 +69,7 @@ impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")
             .field("name", &self.spec.name)
-            .field("device", &self.device)
+            .field("sections", &self.sections)
             .field(
                 "nodes",
                 &self.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
@@ -83,7 +90,8 @@ impl Plan {
 
     pub fn from_str(text: &str, path: &Path, registry: &Registry) -> Result<Plan, Error> {
         let mut diags = Diagnostics::new(path);
-        let spec = spec::parse(text, path, &mut diags);
+        let names: Vec<&str> = registry.sections().iter().map(|d| d.name).collect();
+        let spec = spec::parse(text, path, &names, &mut diags);
         let plan = spec.and_then(|s| build(s, registry, &mut diags));
         match plan {
             Some(p) if diags.is_empty() => Ok(p),
@@ -92,6 +100,20 @@ impl Plan {
                 Err(Error::Invalid(diags))
             }
         }
+    }
+
+    /// A section by name, as the application's type.
+    pub fn section<T: Section>(&self, name: &str) -> Option<&T> {
+        section::get(&self.sections, name)
+    }
+
+    /// The global sections described in one line (e.g. the device), for run records.
+    pub fn describe_global(&self) -> String {
+        self.global_sections
+            .iter()
+            .filter_map(|n| self.sections.get(n).map(|s| s.describe()))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -175,34 +197,17 @@ struct Draft<'a> {
 }
 
 fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Plan> {
-    let device = match spec.device.resolve() {
-        Ok(d) => d,
-        Err(e) => {
-            diags.push(Diagnostic::new(spec.device_loc, e));
-            Device::Cpu
-        }
-    };
     let base_dir = spec.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let dataset = match &spec.dataset {
-        Some(node) if node.as_mapping().is_some() => {
-            match DatasetConfig::from_node(node, &base_dir) {
-                Ok(d) => Some(Arc::new(d)),
-                Err(issues) => {
-                    for i in issues {
-                        diags.push(Diagnostic::new(
-                            crate::diag::Loc {
-                                line: i.line,
-                                column: i.column,
-                            },
-                            format!("dataset: {}", i.message),
-                        ));
-                    }
-                    None
-                }
+    let mut sections = Sections::new();
+    for def in registry.sections() {
+        match (def.parse)(spec.sections.get(def.name), &base_dir) {
+            Ok(Some(v)) => {
+                sections.insert(def.name, v);
             }
+            Ok(None) => {}
+            Err(ds) => ds.into_iter().for_each(|d| diags.push(d)),
         }
-        _ => None,
-    };
+    }
     let epochs = spec.epoch_loop.as_ref().map_or(0, |l| l.epochs);
     let all: Vec<&StageSpec> = spec
         .stages
@@ -237,16 +242,31 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 Diagnostic::new(s.kind_loc, format!("unknown stage kind `{}`", s.kind))
                     .hint(suggest(&s.kind, &registry.names(), "known kinds")),
             ),
-            Some(kind) if kind.reads_dataset() && spec.dataset.is_none() => diags.push(
-                Diagnostic::new(
-                    s.kind_loc,
-                    format!(
-                        "stage `{}` ({}) reads the data set, but the pipeline has no `dataset:`",
-                        s.name, s.kind
-                    ),
-                )
-                .hint("add e.g. `dataset: {kind: synthetic}` at the top level"),
-            ),
+            Some(kind)
+                if kind
+                    .sections()
+                    .iter()
+                    .any(|n| !spec.sections.contains_key(*n) && !sections.contains_key(n)) =>
+            {
+                for name in kind.sections() {
+                    if spec.sections.contains_key(*name) || sections.contains_key(name) {
+                        continue;
+                    }
+                    let def = registry.sections().iter().find(|d| d.name == *name);
+                    diags.push(
+                        Diagnostic::new(
+                            s.kind_loc,
+                            format!(
+                                "stage `{}` ({}) reads {}, but the pipeline has no `{name}:`",
+                                s.name,
+                                s.kind,
+                                def.map_or(*name, |d| d.what),
+                            ),
+                        )
+                        .hint(def.map_or("", |d| d.hint)),
+                    );
+                }
+            }
             Some(kind) => match kind.configure(s.params.as_ref(), s.loc, &base_dir) {
                 Ok(c) => {
                     configured.insert(&s.name, c);
@@ -374,7 +394,14 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
     for (pos, &i) in order.iter().enumerate() {
         new_index[i] = pos;
     }
-    let dataset_json = dataset.as_ref().map(|d| d.canonical());
+    let canonical: BTreeMap<&str, serde_json::Value> =
+        sections.iter().map(|(n, v)| (*n, v.canonical())).collect();
+    let global: Vec<&'static str> = registry
+        .sections()
+        .iter()
+        .filter(|d| d.global)
+        .map(|d| d.name)
+        .collect();
     let mut nodes: Vec<PlanNode> = Vec::with_capacity(n);
     let mut inputs: Vec<Option<Vec<PlanInput>>> = inputs.into_iter().map(Some).collect();
     for &i in &order {
@@ -398,20 +425,31 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 .map(|(p, out)| nodes[*p].output_keys[out].clone());
             input_keys.insert(w.port.name.to_string(), key);
         }
-        let provenance = json!({
-            "picie": env!("CARGO_PKG_VERSION"),
-            "libtorch": libtorch_version(),
-            "device": device.class(),
+        let reads = |n: &str| global.contains(&n) || kind.sections().contains(&n);
+        let mut provenance = json!({
             "kind": d.spec.kind,
             "version": kind.version(),
             "params": conf.canonical(),
             "seed": spec.seed,
             "epoch": d.epoch,
             "inputs": input_keys,
-            "dataset": if kind.reads_dataset() { dataset_json.clone() } else { None },
         });
+        for (k, v) in registry.provenance_fields() {
+            provenance[k] = v.clone();
+        }
+        // Every registered section has its field (null where the node does not read it),
+        // so a kind that starts reading one changes its key and no other.
+        for def in registry.sections() {
+            provenance[def.name] = if reads(def.name) {
+                canonical
+                    .get(def.name)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null)
+            } else {
+                serde_json::Value::Null
+            };
+        }
         // Only stages that name files get the field, so other keys stay as they were.
-        let mut provenance = provenance;
         let files = conf.files();
         if files.as_object().is_some_and(|f| !f.is_empty()) {
             provenance["files"] = files;
@@ -436,11 +474,11 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             configured: conf.clone(),
             inputs: wired,
             outputs,
-            dataset: if kind.reads_dataset() {
-                dataset.clone()
-            } else {
-                None
-            },
+            sections: sections
+                .iter()
+                .filter(|(n, _)| reads(n))
+                .map(|(n, v)| (*n, v.clone()))
+                .collect(),
             key,
             group: new_index[groups[i]],
             output_keys,
@@ -449,7 +487,10 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
     }
     Some(Plan {
         spec,
-        device,
+        sections,
+        global_sections: global,
+        version: registry.version().to_string(),
+        after_stage: registry.after_stage_hook(),
         nodes,
     })
 }

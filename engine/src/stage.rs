@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::diag::{suggest, Diagnostic, Loc};
+use crate::diag::{Diagnostic, Loc};
 use crate::error::StageError;
+use crate::section::SectionDef;
 
 /// How data crosses an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,10 +88,10 @@ pub trait Stage: Send + Sized + 'static {
     fn validate(_params: &Self::Params) -> Vec<ParamError> {
         Vec::new()
     }
-    /// Stages that read the pipeline's `dataset:` section get it in their cache key.
-    fn reads_dataset() -> bool {
-        false
-    }
+    /// The application's top-level sections (e.g. `dataset`) this kind reads: they go into
+    /// its cache key, and its context hands them out ([`Context::section`]). Global
+    /// sections (see [`SectionDef::global`]) are read by every kind without being listed.
+    const SECTIONS: &'static [&'static str] = &[];
     /// Files the params name (param field, path as written) whose contents the output
     /// depends on, e.g. a weights file. Paths are resolved against the pipeline file's folder
     /// and hashed at plan time; the checksums go into the cache key, so replacing the file
@@ -107,7 +108,7 @@ pub trait Kind: Send + Sync {
     fn kind(&self) -> &'static str;
     fn version(&self) -> u32;
     fn description(&self) -> &'static str;
-    fn reads_dataset(&self) -> bool;
+    fn sections(&self) -> &'static [&'static str];
     /// Parses and validates `params:`; errors carry their YAML places.
     fn configure(
         &self,
@@ -174,8 +175,8 @@ impl<S: Stage> Kind for KindOf<S> {
     fn description(&self) -> &'static str {
         S::DESCRIPTION
     }
-    fn reads_dataset(&self) -> bool {
-        S::reads_dataset()
+    fn sections(&self) -> &'static [&'static str] {
+        S::SECTIONS
     }
 
     fn configure(
@@ -184,52 +185,13 @@ impl<S: Stage> Kind for KindOf<S> {
         at: Loc,
         base_dir: &Path,
     ) -> Result<Arc<dyn Configured>, Vec<Diagnostic>> {
-        let mut diags = Vec::new();
         let map = params.and_then(Node::as_mapping);
-        let params: S::Params = match map {
-            None => S::Params::default(),
+        let (params, mut diags): (S::Params, _) = match map {
+            None => (S::Params::default(), Vec::new()),
             Some(map) => {
-                // serde stops at the first unknown field; list them all instead, against
-                // the field names of the default value.
-                let known: Vec<String> = match serde_json::to_value(S::Params::default()) {
-                    Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
-                    _ => Vec::new(),
-                };
-                let known: Vec<&str> = known.iter().map(String::as_str).collect();
-                let mut clean = map.clone();
-                for key in map.keys() {
-                    if !known.contains(&key.as_str()) {
-                        let hint = if known.is_empty() {
-                            format!("`{}` takes no params", S::KIND)
-                        } else {
-                            suggest(key.as_str(), &known, "params")
-                        };
-                        diags.push(
-                            Diagnostic::new(
-                                Loc::of(key.span()),
-                                format!("unknown param `{}` for kind `{}`", key.as_str(), S::KIND),
-                            )
-                            .hint(hint),
-                        );
-                        clean.remove(key.as_str());
-                    }
-                }
-                match marked_yaml::from_node::<S::Params>(&Node::Mapping(clean)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let loc = e
-                            .start_mark()
-                            .map(|m| Loc {
-                                line: m.line(),
-                                column: m.column(),
-                            })
-                            .unwrap_or(Loc::of(map.span()));
-                        diags.push(Diagnostic::new(
-                            loc,
-                            format!("bad params for kind `{}`: {}", S::KIND, e.into_inner()),
-                        ));
-                        return Err(diags);
-                    }
+                match crate::diag::from_mapping(map, "param", &format!("kind `{}`", S::KIND)) {
+                    (Some(p), d) => (p, d),
+                    (None, d) => return Err(d),
                 }
             }
         };
@@ -281,10 +243,27 @@ impl<S: Stage> Kind for KindOf<S> {
     }
 }
 
-/// The stage kinds a pipeline may use.
-#[derive(Clone, Default)]
+/// What an application hands the engine: the stage kinds a pipeline may use, the
+/// top-level sections it understands, and what identifies the application in cache keys.
+#[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
+    sections: Vec<SectionDef>,
+    provenance: serde_json::Map<String, serde_json::Value>,
+    version: String,
+    after_stage: Option<fn()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            kinds: BTreeMap::new(),
+            sections: Vec::new(),
+            provenance: serde_json::Map::new(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            after_stage: None,
+        }
+    }
 }
 
 impl Registry {
@@ -299,15 +278,50 @@ impl Registry {
         self
     }
 
+    /// Adds a top-level section; a later one of the same name replaces the earlier one.
+    pub fn section(&mut self, def: SectionDef) -> &mut Self {
+        self.sections.retain(|d| d.name != def.name);
+        self.sections.push(def);
+        self
+    }
+
+    /// Fields that go into every node's cache key (library versions, say), and the
+    /// application's version recorded in manifests.
+    pub fn provenance(
+        &mut self,
+        version: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> &mut Self {
+        self.version = version.to_string();
+        self.provenance = fields;
+        self
+    }
+
+    /// Called on each stage's thread after it finishes (e.g. to return freed memory).
+    pub fn after_stage(&mut self, hook: fn()) -> &mut Self {
+        self.after_stage = Some(hook);
+        self
+    }
+
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Kind>> {
         self.kinds.get(kind)
     }
-
     pub fn names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
     }
-
     pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn Kind>> {
         self.kinds.values()
+    }
+    pub fn sections(&self) -> &[SectionDef] {
+        &self.sections
+    }
+    pub fn provenance_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.provenance
+    }
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    pub fn after_stage_hook(&self) -> Option<fn()> {
+        self.after_stage
     }
 }

@@ -140,6 +140,80 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Deserialises a YAML mapping into `T` with every problem located: each unknown field
+/// (with the nearest known one; serde would stop at the first), then serde's own error at
+/// its value. `what` names the owner in messages: "param ... for kind `x`", "field ... of
+/// `dataset`". Absent fields take `T::default()`'s values when `T` says `#[serde(default)]`.
+/// The value comes back whenever the known fields deserialise, so that the caller can go on
+/// to report its own checks of it beside the unknown fields.
+pub fn from_mapping<T>(
+    map: &marked_yaml::types::MarkedMappingNode,
+    field_word: &str,
+    what: &str,
+) -> (Option<T>, Vec<Diagnostic>)
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    let mut diags = Vec::new();
+    let known: Vec<String> = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let mut clean = map.clone();
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            let hint = if known.is_empty() {
+                format!("{what} takes no {field_word}s")
+            } else {
+                suggest(key.as_str(), &known, &format!("{field_word}s"))
+            };
+            diags.push(
+                Diagnostic::new(
+                    Loc::of(key.span()),
+                    format!("unknown {field_word} `{}` for {what}", key.as_str()),
+                )
+                .hint(hint),
+            );
+            clean.remove(key.as_str());
+        }
+    }
+    match marked_yaml::from_node::<T>(&marked_yaml::Node::Mapping(clean)) {
+        Ok(v) => (Some(v), diags),
+        Err(e) => {
+            let loc = e
+                .start_mark()
+                .map(|m| Loc {
+                    line: m.line(),
+                    column: m.column(),
+                })
+                .unwrap_or(Loc::of(map.span()));
+            diags.push(Diagnostic::new(
+                loc,
+                format!("bad {field_word}s for {what}: {}", e.into_inner()),
+            ));
+            (None, diags)
+        }
+    }
+}
+
+/// [`from_mapping`] for a node that must be a mapping.
+pub fn from_node<T>(node: &marked_yaml::Node, what: &str) -> Result<T, Vec<Diagnostic>>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    match node.as_mapping() {
+        Some(m) => match from_mapping(m, "field", &format!("`{what}`")) {
+            (Some(v), d) if d.is_empty() => Ok(v),
+            (_, d) => Err(d),
+        },
+        None => Err(vec![Diagnostic::new(
+            Loc::of(node.span()),
+            format!("`{what}` must be a mapping"),
+        )]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

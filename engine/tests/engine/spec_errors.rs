@@ -1,12 +1,12 @@
 //! Each kind of bad pipeline file gives its error at its place, and all errors come at once.
 
-use picie::diag::Diagnostics;
-use picie::Error;
+use picie_engine::diag::Diagnostics;
+use picie_engine::Error;
 
-use crate::common::Fixture;
+use crate::common::fixture;
 
 fn diags(yaml: &str) -> Diagnostics {
-    match Fixture::new().plan(yaml) {
+    match fixture().plan(yaml) {
         Err(Error::Invalid(d)) => d,
         Err(e) => panic!("expected diagnostics, got {e}"),
         Ok(_) => panic!("expected diagnostics, the plan was valid"),
@@ -41,7 +41,7 @@ stages:
 
 #[test]
 fn a_valid_file_plans() {
-    let plan = Fixture::new().plan(OK).unwrap();
+    let plan = fixture().plan(OK).unwrap();
     assert_eq!(plan.nodes.len(), 2);
     assert_eq!(plan.nodes[0].name, "src");
 }
@@ -268,7 +268,7 @@ stages:
     kind: merge
     inputs: {a: src.numbers, b: src.numbers}
 ";
-    Fixture::new().plan(ok).unwrap();
+    fixture().plan(ok).unwrap();
 }
 
 #[test]

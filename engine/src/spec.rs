@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::Node;
 
-use crate::device::DeviceSpec;
 use crate::diag::{suggest, Diagnostic, Diagnostics, Loc};
 
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
@@ -16,12 +15,11 @@ pub struct Spec {
     pub file: PathBuf,
     pub name: String,
     pub seed: u64,
-    pub device: DeviceSpec,
-    pub device_loc: Loc,
     /// Resolved against the pipeline file's folder when relative.
     pub store: PathBuf,
     pub channel_capacity: usize,
-    pub dataset: Option<Node>,
+    /// The application's top-level sections as written (see [`crate::SectionDef`]).
+    pub sections: std::collections::BTreeMap<String, Node>,
     pub stages: Vec<StageSpec>,
     pub epoch_loop: Option<LoopSpec>,
 }
@@ -75,10 +73,8 @@ pub enum EpochSel {
 const TOP_KEYS: &[&str] = &[
     "name",
     "seed",
-    "device",
     "store",
     "channel_capacity",
-    "dataset",
     "stages",
     "loop",
 ];
@@ -86,8 +82,9 @@ const LOOP_KEYS: &[&str] = &["epochs", "stages"];
 const STAGE_KEYS: &[&str] = &["name", "kind", "params", "inputs"];
 const INPUT_KEYS: &[&str] = &["from", "epoch", "first"];
 
-/// Reads a pipeline file. Problems go into `diags`; `None` only when the text is not YAML.
-pub fn parse(text: &str, file: &Path, diags: &mut Diagnostics) -> Option<Spec> {
+/// Reads a pipeline file whose top level may also hold the application's `sections`.
+/// Problems go into `diags`; `None` only when the text is not YAML.
+pub fn parse(text: &str, file: &Path, sections: &[&str], diags: &mut Diagnostics) -> Option<Spec> {
     let root = match marked_yaml::parse_yaml(0, text) {
         Ok(n) => n,
         Err(e) => {
@@ -96,7 +93,8 @@ pub fn parse(text: &str, file: &Path, diags: &mut Diagnostics) -> Option<Spec> {
         }
     };
     let map = root.as_mapping()?;
-    check_keys(map, TOP_KEYS, "top-level field", diags);
+    let top: Vec<&str> = TOP_KEYS.iter().chain(sections).copied().collect();
+    check_keys(map, &top, "top-level field", diags);
 
     let name = match map.get_node("name") {
         Some(n) => scalar(n, "name", diags).unwrap_or_default(),
@@ -121,17 +119,6 @@ pub fn parse(text: &str, file: &Path, diags: &mut Diagnostics) -> Option<Spec> {
         .get_node("seed")
         .and_then(|n| parse_scalar::<u64>(n, "seed", "a non-negative integer", diags))
         .unwrap_or(0);
-    let device_loc = loc_of(map.get_node("device"));
-    let device = match map
-        .get_node("device")
-        .and_then(|n| scalar(n, "device", diags))
-    {
-        Some(s) => s.parse::<DeviceSpec>().unwrap_or_else(|e| {
-            diags.push(Diagnostic::new(device_loc, e).hint("auto picks CUDA when present"));
-            DeviceSpec::Auto
-        }),
-        None => DeviceSpec::Auto,
-    };
     let base = file.parent().unwrap_or(Path::new("."));
     let store = map
         .get_node("store")
@@ -153,15 +140,10 @@ pub fn parse(text: &str, file: &Path, diags: &mut Diagnostics) -> Option<Spec> {
             }
         })
         .unwrap_or(DEFAULT_CHANNEL_CAPACITY);
-    let dataset = map.get_node("dataset").cloned();
-    if let Some(d) = &dataset {
-        if d.as_mapping().is_none() {
-            diags.push(
-                Diagnostic::new(Loc::of(d.span()), "`dataset` must be a mapping")
-                    .hint("e.g. `dataset: {kind: synthetic}`"),
-            );
-        }
-    }
+    let sections = sections
+        .iter()
+        .filter_map(|name| Some((name.to_string(), map.get_node(name)?.clone())))
+        .collect();
     let stages = map
         .get_node("stages")
         .map(|n| stage_list(n, false, diags))
@@ -177,11 +159,9 @@ pub fn parse(text: &str, file: &Path, diags: &mut Diagnostics) -> Option<Spec> {
         file: file.to_path_buf(),
         name,
         seed,
-        device,
-        device_loc,
         store,
         channel_capacity,
-        dataset,
+        sections,
         stages,
         epoch_loop,
     })

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use picie::exec::Outcome;
-use picie::store::StoreError;
-use picie::Error;
+use picie_engine::exec::Outcome;
+use picie_engine::store::StoreError;
+use picie_engine::Error;
 
-use crate::common::{ran, Fixture, HEADER};
+use picie_engine::testing::{ran, Fixture};
+
+use crate::common::{fixture, Values, HEADER};
 
 fn pipeline(count: u64, factor: u64) -> String {
     format!(
@@ -32,7 +34,7 @@ fn pipeline(count: u64, factor: u64) -> String {
 
 #[test]
 fn a_second_run_is_all_cached() {
-    let f = Fixture::new();
+    let f = fixture();
     let (_, r1) = f.run(&pipeline(10, 2)).unwrap();
     assert_eq!(ran(&r1), ["a", "s", "src", "x"]);
     let (plan, r2) = f.run(&pipeline(10, 2)).unwrap();
@@ -44,14 +46,14 @@ fn a_second_run_is_all_cached() {
 
 #[test]
 fn a_param_change_reruns_that_stage_and_what_depends_on_it() {
-    let f = Fixture::new();
+    let f = fixture();
     let (p1, _) = f.run(&pipeline(10, 2)).unwrap();
     let (p2, r) = f.run(&pipeline(10, 3)).unwrap();
     // x is a stream stage: re-running s needs src's stream, so src runs again too (its
     // artifact is rewritten with the same content); `a` stays cached.
     assert_eq!(ran(&r), ["s", "src", "x"]);
     assert_eq!(f.values(&p2, "s", "total"), vec![135]);
-    let key = |p: &picie::Plan, n: &str| p.nodes[p.index_of(n).unwrap()].key.clone();
+    let key = |p: &picie_engine::Plan, n: &str| p.nodes[p.index_of(n).unwrap()].key.clone();
     assert_eq!(key(&p1, "src"), key(&p2, "src"));
     assert_ne!(key(&p1, "x"), key(&p2, "x"));
     assert_ne!(
@@ -64,7 +66,7 @@ fn a_param_change_reruns_that_stage_and_what_depends_on_it() {
 
 #[test]
 fn an_upstream_change_misses_downstream() {
-    let f = Fixture::new();
+    let f = fixture();
     f.run(&pipeline(10, 2)).unwrap();
     let (plan, r) = f.run(&pipeline(12, 2)).unwrap();
     assert_eq!(ran(&r), ["a", "s", "src", "x"]);
@@ -73,21 +75,21 @@ fn an_upstream_change_misses_downstream() {
 
 #[test]
 fn defaults_written_out_keep_the_key() {
-    let f = Fixture::new();
+    let f = fixture();
     let p1 = f.plan(&pipeline(10, 2)).unwrap();
     let explicit = pipeline(10, 2).replace("{count: 10}", "{count: 10, batch: 3, start: 0}");
     let p2 = f.plan(&explicit).unwrap();
     assert_eq!(p1.nodes[0].key, p2.nodes[0].key);
 }
 
-fn artifact_dir(f: &Fixture, plan: &picie::Plan, node: &str, out: &str) -> PathBuf {
+fn artifact_dir(f: &Fixture, plan: &picie_engine::Plan, node: &str, out: &str) -> PathBuf {
     let key = &plan.nodes[plan.index_of(node).unwrap()].output_keys[out];
     f.dir.path().join("store/objects").join(&key[..2]).join(key)
 }
 
 #[test]
 fn a_corrupt_artifact_is_detected_and_recomputed() {
-    let f = Fixture::new();
+    let f = fixture();
     let (plan, _) = f.run(&pipeline(10, 2)).unwrap();
     let dir = artifact_dir(&f, &plan, "a", "total");
     let part = dir.join("part-00000.parquet");
@@ -101,7 +103,7 @@ fn a_corrupt_artifact_is_detected_and_recomputed() {
         .store()
         .lookup(&plan.nodes[plan.index_of("a").unwrap()].output_keys["total"])
     {
-        picie::store::Lookup::Corrupt(why) => assert!(why.contains("checksum"), "{why}"),
+        picie_engine::store::Lookup::Corrupt(why) => assert!(why.contains("checksum"), "{why}"),
         other => panic!("{other:?}"),
     }
     let (_, r) = f.run(&pipeline(10, 2)).unwrap();
@@ -124,7 +126,7 @@ fn a_corrupt_artifact_is_detected_and_recomputed() {
 
 #[test]
 fn a_second_run_on_a_locked_store_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     f.write(&pipeline(10, 2));
     let store = f.store();
     let _held = store.lock("another run").unwrap();
@@ -164,9 +166,9 @@ fn sigkill_child_entry() {
         return;
     };
     let path = Path::new(&dir).join("pipeline.yaml");
-    let plan = picie::Plan::load(&path, &crate::common::registry()).unwrap();
-    let store = picie::Store::open(&plan.spec.store).unwrap();
-    picie::run(&plan, &store, &Default::default()).unwrap();
+    let plan = picie_engine::Plan::load(&path, &crate::common::registry()).unwrap();
+    let store = picie_engine::Store::open(&plan.spec.store).unwrap();
+    picie_engine::run(&plan, &store, &Default::default()).unwrap();
 }
 
 fn tmp_has_part(dir: &Path) -> bool {
@@ -186,7 +188,7 @@ fn tmp_has_part(dir: &Path) -> bool {
 
 #[test]
 fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
-    let f = Fixture::new();
+    let f = fixture();
     f.write(&slow_pipeline(25));
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -227,7 +229,7 @@ fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
     assert!(ran(&r).contains(&"slow".to_string()));
     assert!(!tmp_has_part(f.dir.path()));
 
-    let clean = Fixture::new();
+    let clean = fixture();
     let (clean_plan, _) = clean.run(&slow_pipeline(25)).unwrap();
     for (node, out) in [("fast", "table"), ("slow", "table"), ("after", "total")] {
         let a = std::fs::read(artifact_dir(&f, &plan, node, out).join("manifest.json")).unwrap();

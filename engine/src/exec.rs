@@ -29,11 +29,47 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// Why a node runs or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Nothing that `--until` asked for reads it.
+    NotNeeded,
+    /// Named by `--force` or `--from` (or downstream of a `--from`).
+    Forced,
+    /// Every artifact output is in the store and verified.
+    Cached,
+    /// An output is missing from the store.
+    NotCached,
+    /// An output is in the store but fails verification: the reason.
+    Corrupt(String),
+    /// It only streams, and every consumer is cached.
+    StreamsOnlyToCached,
+    /// It only streams to this node, which runs.
+    StreamsTo(String),
+    /// It writes nothing that could be cached.
+    NoOutputs,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotNeeded => f.write_str("not needed"),
+            Self::Forced => f.write_str("forced"),
+            Self::Cached => f.write_str("cached"),
+            Self::NotCached => f.write_str("not cached"),
+            Self::Corrupt(r) => write!(f, "corrupt: {r}"),
+            Self::StreamsOnlyToCached => f.write_str("streams only to cached stages"),
+            Self::StreamsTo(n) => write!(f, "streams to {n}"),
+            Self::NoOutputs => f.write_str("has no outputs to cache"),
+        }
+    }
+}
+
 /// Whether a node runs, and why.
 #[derive(Debug)]
 pub struct Decision {
     pub run: bool,
-    pub why: String,
+    pub why: Why,
     /// Its verified artifacts, when cached.
     pub cached: BTreeMap<String, Artifact>,
 }
@@ -90,14 +126,14 @@ pub fn decide(
     let mut out: Vec<Decision> = Vec::with_capacity(n);
     for (i, node) in plan.nodes.iter().enumerate() {
         let mut cached = BTreeMap::new();
-        let mut why = String::new();
+        let mut missing: Option<Why> = None;
         for port in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
             let key = &node.output_keys[port.name];
             match store.lookup(key) {
                 Lookup::Valid(a) => {
                     cached.insert(port.name.to_string(), *a);
                 }
-                Lookup::Missing => why = "not cached".into(),
+                Lookup::Missing => missing = Some(Why::NotCached),
                 Lookup::Corrupt(reason) => {
                     warn!(
                         "artifact {key} ({}.{}) is corrupt: {reason}; it will be recomputed",
@@ -106,27 +142,27 @@ pub fn decide(
                     if repair {
                         store.remove(key)?;
                     }
-                    why = format!("corrupt: {reason}");
+                    missing = Some(Why::Corrupt(reason));
                 }
             }
         }
-        let is_cached = node.has_artifact_outputs() && why.is_empty();
+        let is_cached = node.has_artifact_outputs() && missing.is_none();
         let run = target[i] && (forced[i] || !is_cached);
         let why = if !target[i] {
-            "not needed".into()
+            Why::NotNeeded
         } else if forced[i] {
-            "forced".into()
+            Why::Forced
         } else if is_cached {
-            "cached".into()
+            Why::Cached
         } else if !node.has_artifact_outputs() && !node.outputs.is_empty() {
-            "streams only to cached stages".into()
+            Why::StreamsOnlyToCached
         } else if node.outputs.is_empty() {
-            "has no outputs to cache".into()
+            Why::NoOutputs
         } else {
-            why
+            missing.unwrap_or(Why::NotCached)
         };
         // A pure producer runs only when a running stage reads its stream (below).
-        let run = run && why != "streams only to cached stages";
+        let run = run && why != Why::StreamsOnlyToCached;
         out.push(Decision { run, why, cached });
     }
     // A running stage needs its stream producers running too.
@@ -138,7 +174,7 @@ pub fn decide(
             if let (Some((p, _)), Mode::Stream) = (&inp.source, inp.port.mode) {
                 if !out[*p].run {
                     out[*p].run = true;
-                    out[*p].why = format!("streams to {}", plan.nodes[i].name);
+                    out[*p].why = Why::StreamsTo(plan.nodes[i].name.clone());
                 }
             }
         }
@@ -207,7 +243,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
     for (i, d) in decisions.into_iter().enumerate() {
         outcomes.push(if d.run {
             Outcome::Skipped
-        } else if d.why == "cached" {
+        } else if d.why == Why::Cached {
             Outcome::Cached
         } else {
             Outcome::NotNeeded
@@ -316,9 +352,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             kind: node.kind.clone(),
                             epoch: node.epoch,
                             seed: plan.spec.seed,
-                            device: plan.device,
                         },
-                        dataset: node.dataset.clone(),
+                        sections: node.sections.clone(),
                         base_dir: plan
                             .spec
                             .file
@@ -354,7 +389,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             let (i, r, secs) = done_rx.recv().expect("a sender is held here");
             live -= 1;
             finished[i] = true;
-            release_free_memory();
+            if let Some(hook) = plan.after_stage {
+                hook();
+            }
             match r {
                 Ok(arts) => {
                     info!("{} finished in {secs:.2}s", plan.nodes[i].name);
@@ -396,7 +433,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
         error: failure
             .as_ref()
             .map(|(i, e)| format!("{}: {e}", plan.nodes[*i].name)),
-        device: plan.device.to_string(),
+        device: plan.describe_global(),
         nodes: plan
             .nodes
             .iter()
@@ -426,7 +463,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
         return Err(Error::StageFailed {
             node: plan.nodes[i].name.clone(),
             kind: plan.nodes[i].kind.clone(),
-            source,
+            source: source.into(),
         });
     }
     Ok(RunReport {
@@ -489,38 +526,10 @@ fn run_node(
             meta: BTreeMap::new(),
             wall_time_s: t.elapsed().as_secs_f64(),
             created: now(),
-            picie_version: env!("CARGO_PKG_VERSION").to_string(),
+            picie_version: plan.version.clone(),
             provenance: node.provenance.clone(),
         };
         committed.insert(name, store.commit(w, manifest)?);
     }
     Ok(committed)
-}
-
-/// Hands memory freed by a finished stage back to the OS. glibc keeps freed heap in
-/// per-thread arenas; with a thread per stage, gigabytes freed by one stage (a training
-/// pass, a k-means) otherwise stay resident while the next ones allocate anew.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused pages; it is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Tunes glibc's malloc for tensors of hundreds of megabytes allocated and freed every step.
-/// By default each block above 32 MB is mmapped and unmapped on free, so every training step
-/// page-faults its activations in afresh (17 % of a ResNet-18 step at 320, measured in
-/// PyTorch), and stage threads get arenas of their own that keep freed memory from each
-/// other. Here: one arena, large blocks from the heap, no automatic trimming; freed memory is
-/// reused by the next step and returned to the OS after each stage (`release_free_memory`).
-/// Call once, before threads start.
-pub fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
 }

@@ -1,0 +1,38 @@
+//! picie-engine: a YAML-defined DAG of plugin stages, run on threads joined by bounded
+//! channels, leaving content-addressed Parquet/Arrow artifacts in a store, so that a re-run
+//! resumes from what is already there.
+//!
+//! It knows nothing of any method, tensor library or data set: the application registers
+//! its stage kinds ([`Stage`]), its typed top-level sections ([`SectionDef`], e.g.
+//! `dataset:`) and the provenance fields of its cache keys in a [`Registry`].
+//!
+//! ```text
+//! spec      the pipeline file as written, every problem with its line and column
+//! plan      spec -> validated, unrolled, keyed DAG (every error at once)
+//! exec      plan -> threads, channels, commits; what runs and why
+//! stage     the plugin interface and the registry
+//! context   what a running stage sees
+//! section   application-defined top-level sections
+//! store     the content-addressed store; artifact: its Parquet/Arrow tables
+//! diag      located diagnostics; error: the engine's errors
+//! ```
+
+pub mod artifact;
+pub mod context;
+pub mod diag;
+pub mod error;
+pub mod exec;
+pub mod plan;
+pub mod section;
+pub mod spec;
+pub mod stage;
+pub mod store;
+pub mod testing;
+
+pub use context::{Context, Item};
+pub use error::{BoxError, Error, StageError, StageFailure};
+pub use exec::{run, Decision, RunOptions, Why};
+pub use plan::Plan;
+pub use section::{Section, SectionDef, Sections};
+pub use stage::{Mode, ParamError, Port, Registry, Stage};
+pub use store::Store;

@@ -1,0 +1,435 @@
+//! Toy stage kinds and sections: the engine tested without any application.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use picie_engine::diag::{Diagnostic, Loc};
+use picie_engine::store::Lookup;
+use picie_engine::testing::Fixture;
+use picie_engine::{
+    Context, ParamError, Plan, Port, Registry, Section, SectionDef, Stage, StageError,
+};
+use serde::{Deserialize, Serialize};
+
+pub fn u64_batch(values: &[u64]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::UInt64,
+        false,
+    )]));
+    RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(values.to_vec()))]).unwrap()
+}
+
+pub fn values_of(batches: &[RecordBatch]) -> Vec<u64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+            (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Items in flight between `numbers` and `sum`: for the back-pressure test.
+pub static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+pub static MAX_IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumbersParams {
+    pub count: u64,
+    pub batch: u64,
+    pub start: u64,
+    pub delay_ms: u64,
+    pub fail_at: Option<u64>,
+    pub panic_at: Option<u64>,
+}
+impl Default for NumbersParams {
+    fn default() -> Self {
+        Self {
+            count: 10,
+            batch: 3,
+            start: 0,
+            delay_ms: 0,
+            fail_at: None,
+            panic_at: None,
+        }
+    }
+}
+
+/// A source: streams batches of integers and stores them as a table.
+pub struct Numbers(NumbersParams);
+impl Stage for Numbers {
+    type Params = NumbersParams;
+    const KIND: &'static str = "numbers";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test source of integers";
+    fn inputs(_: &NumbersParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &NumbersParams) -> Vec<Port> {
+        vec![
+            Port::stream("numbers", "ints"),
+            Port::artifact("table", "int_table"),
+        ]
+    }
+    fn validate(p: &NumbersParams) -> Vec<ParamError> {
+        let mut e = Vec::new();
+        if p.batch == 0 {
+            e.push(ParamError::new("batch", "must be at least 1"));
+        }
+        if p.count > 1_000_000 {
+            e.push(ParamError::new("count", "at most 1000000"));
+        }
+        e
+    }
+    fn new(p: NumbersParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let p = &self.0;
+        let mut i = p.start;
+        let end = p.start + p.count;
+        while i < end {
+            let n = p.batch.min(end - i);
+            let v: Vec<u64> = (i..i + n).collect();
+            if p.fail_at.is_some_and(|f| f >= i && f < i + n) {
+                return Err(StageError::msg(format!(
+                    "numbers: refusing value {}",
+                    p.fail_at.unwrap()
+                )));
+            }
+            if p.panic_at.is_some_and(|f| f >= i && f < i + n) {
+                panic!("numbers: panic at {}", p.panic_at.unwrap());
+            }
+            ctx.output("table")?.write(&u64_batch(&v))?;
+            let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+            MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+            ctx.send("numbers", v)?;
+            if p.delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(p.delay_ms));
+            }
+            i += n;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SumParams {
+    pub delay_ms: u64,
+    pub fail: bool,
+}
+
+/// A sink: sums a stream into a one-row table.
+pub struct Sum(SumParams);
+impl Stage for Sum {
+    type Params = SumParams;
+    const KIND: &'static str = "sum";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test sink";
+    fn inputs(_: &SumParams) -> Vec<Port> {
+        vec![
+            Port::stream("numbers", "ints"),
+            Port::artifact("offset", "int_table").optional(),
+        ]
+    }
+    fn outputs(_: &SumParams) -> Vec<Port> {
+        vec![Port::artifact("total", "int_table")]
+    }
+    fn new(p: SumParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        if self.0.fail {
+            return Err(StageError::msg("sum: told to fail"));
+        }
+        let mut total: u64 = if ctx.has_input("offset") {
+            values_of(&ctx.input("offset")?.read_all()?).iter().sum()
+        } else {
+            0
+        };
+        while let Some(v) = ctx.recv_as::<Vec<u64>>("numbers")? {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            total += v.iter().sum::<u64>();
+            if self.0.delay_ms > 0 {
+                std::thread::sleep(Duration::from_millis(self.0.delay_ms));
+            }
+        }
+        ctx.output("total")?.write(&u64_batch(&[total]))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleParams {
+    pub factor: u64,
+}
+impl Default for ScaleParams {
+    fn default() -> Self {
+        Self { factor: 2 }
+    }
+}
+
+/// A map: multiplies a stream.
+pub struct Scale(ScaleParams);
+impl Stage for Scale {
+    type Params = ScaleParams;
+    const KIND: &'static str = "scale";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test map";
+    fn inputs(_: &ScaleParams) -> Vec<Port> {
+        vec![Port::stream("numbers", "ints")]
+    }
+    fn outputs(_: &ScaleParams) -> Vec<Port> {
+        vec![Port::stream("numbers", "ints")]
+    }
+    fn new(p: ScaleParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        while let Some(v) = ctx.recv_as::<Vec<u64>>("numbers")? {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            let out: Vec<u64> = v.iter().map(|x| x * self.0.factor).collect();
+            IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+            ctx.send("numbers", out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fan-in: merges two streams into one sorted table.
+pub struct Merge;
+impl Stage for Merge {
+    type Params = SumParams;
+    const KIND: &'static str = "merge";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test fan-in";
+    fn inputs(_: &SumParams) -> Vec<Port> {
+        vec![Port::stream("a", "ints"), Port::stream("b", "ints")]
+    }
+    fn outputs(_: &SumParams) -> Vec<Port> {
+        vec![Port::artifact("merged", "int_table")]
+    }
+    fn new(_: SumParams) -> Self {
+        Self
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let mut all = Vec::new();
+        while let Some((_, item)) = ctx.recv_any()? {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            all.extend(item.downcast::<Vec<u64>>().unwrap().iter().copied());
+        }
+        all.sort();
+        ctx.output("merged")?.write(&u64_batch(&all))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccParams {
+    pub add: u64,
+}
+
+/// Reads an artifact (and optionally its own previous epoch) and writes a new one: the
+/// shape of PiCIE's epoch loop.
+pub struct Acc(AccParams);
+impl Stage for Acc {
+    type Params = AccParams;
+    const KIND: &'static str = "acc";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test accumulator";
+    fn inputs(_: &AccParams) -> Vec<Port> {
+        vec![
+            Port::artifact("base", "int_table"),
+            Port::artifact("prev", "int_table").optional(),
+        ]
+    }
+    fn outputs(_: &AccParams) -> Vec<Port> {
+        vec![Port::artifact("total", "int_table")]
+    }
+    fn new(p: AccParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let base: u64 = values_of(&ctx.input("base")?.read_all()?).iter().sum();
+        let prev: u64 = if ctx.has_input("prev") {
+            values_of(&ctx.input("prev")?.read_all()?).iter().sum()
+        } else {
+            0
+        };
+        let epoch = ctx.epoch().unwrap_or(0) as u64;
+        ctx.output("total")?
+            .write(&u64_batch(&[base + prev + self.0.add + 1000 * epoch]))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowParams {
+    pub batches: u64,
+    pub rows: u64,
+    pub delay_ms: u64,
+}
+impl Default for SlowParams {
+    fn default() -> Self {
+        Self {
+            batches: 4,
+            rows: 1000,
+            delay_ms: 0,
+        }
+    }
+}
+
+/// Writes a large artifact slowly, batch by batch: the target of the SIGKILL test.
+pub struct Slow(SlowParams);
+impl Stage for Slow {
+    type Params = SlowParams;
+    const KIND: &'static str = "slow";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test slow writer";
+    fn inputs(_: &SlowParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &SlowParams) -> Vec<Port> {
+        vec![Port::artifact("table", "int_table")]
+    }
+    fn new(p: SlowParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let w = ctx.output("table")?;
+        w.set_part_rows(self.0.rows as usize);
+        for b in 0..self.0.batches {
+            let v: Vec<u64> = (b * self.0.rows..(b + 1) * self.0.rows)
+                .map(|x| x * 7 % 1013)
+                .collect();
+            w.write(&u64_batch(&v))?;
+            std::thread::sleep(Duration::from_millis(self.0.delay_ms));
+        }
+        Ok(())
+    }
+}
+
+/// A global section, as an application's device would be: `device: cpu | gpu`, keyed
+/// into every node; `cpu` when absent.
+#[derive(Debug, PartialEq)]
+pub struct ToyDevice(pub String);
+impl Section for ToyDevice {
+    fn canonical(&self) -> serde_json::Value {
+        self.0.clone().into()
+    }
+}
+
+/// A section only some kinds read, as an application's data set would be.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToyData {
+    pub size: u64,
+}
+impl Section for ToyData {
+    fn canonical(&self) -> serde_json::Value {
+        serde_json::json!({ "size": self.size })
+    }
+}
+
+/// Writes the `data:` section's size: a kind that reads a section.
+pub struct DataSize;
+impl Stage for DataSize {
+    type Params = NoParams;
+    const KIND: &'static str = "data_size";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test reader of the data section";
+    const SECTIONS: &'static [&'static str] = &["data"];
+    fn inputs(_: &NoParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &NoParams) -> Vec<Port> {
+        vec![Port::artifact("total", "int_table")]
+    }
+    fn new(_: NoParams) -> Self {
+        Self
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let size = ctx.section::<ToyData>("data")?.size;
+        let device = ctx.section::<ToyDevice>("device")?.0.clone();
+        let d = if device == "gpu" { 1 } else { 0 };
+        ctx.output("total")?.write(&u64_batch(&[size * 10 + d]))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+fn toy_sections(r: &mut Registry) {
+    r.section(
+        SectionDef::new("device", "the device", "", |node, _| {
+            let Some(node) = node else {
+                return Ok(Some(Arc::new(ToyDevice("cpu".into()))));
+            };
+            let loc = Loc::of(node.span());
+            match node.as_scalar().map(|s| s.as_str()) {
+                Some(v @ ("cpu" | "gpu")) => Ok(Some(Arc::new(ToyDevice(v.into())))),
+                Some(v) => Err(vec![Diagnostic::new(loc, format!("`{v}` is not a device"))]),
+                None => Err(vec![Diagnostic::new(
+                    loc,
+                    "`device` must be a single value",
+                )]),
+            }
+        })
+        .global(),
+    )
+    .section(SectionDef::new(
+        "data",
+        "the toy data",
+        "add `data: {size: N}`",
+        |node, _| match node {
+            None => Ok(None),
+            Some(n) => picie_engine::diag::from_node::<ToyData>(n, "data")
+                .map(|d| Some(Arc::new(d) as Arc<dyn Section>)),
+        },
+    ));
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Numbers>()
+        .register::<Sum>()
+        .register::<Scale>()
+        .register::<Merge>()
+        .register::<Acc>()
+        .register::<Slow>()
+        .register::<DataSize>();
+    toy_sections(&mut r);
+    r
+}
+
+pub fn fixture() -> Fixture {
+    Fixture::new(registry())
+}
+
+/// The u64 values of a node's artifact output.
+pub trait Values {
+    fn values(&self, plan: &Plan, node: &str, output: &str) -> Vec<u64>;
+}
+impl Values for Fixture {
+    fn values(&self, plan: &Plan, node: &str, output: &str) -> Vec<u64> {
+        values_of(&self.artifact(plan, node, output).read_all().unwrap())
+    }
+}
+
+#[allow(dead_code)]
+pub fn lookup(f: &Fixture, key: &str) -> Lookup {
+    f.store().lookup(key)
+}
+
+pub const HEADER: &str = "name: t\nseed: 1\ndevice: cpu\nstore: store\n";

@@ -1,0 +1,8 @@
+//! The engine's one integration-test binary: toy stages and sections, no application.
+
+mod common;
+
+mod cache;
+mod executor;
+mod sections;
+mod spec_errors;
