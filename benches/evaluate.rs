@@ -52,9 +52,7 @@ stages:
         .iter()
         .find(|n| n.name == "evaluate")
         .ok_or_else(|| anyhow::anyhow!("no evaluate node in the record"))?;
-    let ds = plan
-        .section::<picie::data::DatasetConfig>(picie::sections::DATASET)
-        .ok_or_else(|| anyhow::anyhow!("no dataset"))?;
+    let ds = picie::sections::dataset_of(&plan).ok_or_else(|| anyhow::anyhow!("no dataset"))?;
     let n_train = ds.open(picie::data::Split::Train)?.len();
     let n_val = ds.open(picie::data::Split::Val)?.len();
     println!(

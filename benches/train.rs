@@ -9,7 +9,7 @@ use std::time::Instant;
 use picie::augment_params::Geometric;
 use picie::batch::{HostTensor, ViewBatch};
 use picie::checkpoint::{self, AdamState, ModelSpec};
-use picie::stages::train::picie_loss;
+use picie::loss::picie_loss;
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 16;

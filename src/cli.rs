@@ -371,7 +371,7 @@ fn import_weights(input: &Path, output: &Path) -> Result<()> {
         return Ok(());
     }
     // .pth files are pickles: the venv's PyTorch reads them.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::repo_root();
     let py = crate::python();
     let status = std::process::Command::new(&py)
         .arg(root.join("scripts/import_weights.py"))

@@ -23,11 +23,12 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use polars::prelude::*;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::analysis::{confusion_of, metric_rows, AnalysisError, Run};
 use crate::data::{preprocess, ClassInfo, Split};
 use crate::metrics::{self, Confusion, Matching};
+use crate::predict::{self, Predictor};
 use crate::transforms::geometric::to_tensor_normalised;
 
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
@@ -149,7 +150,7 @@ fn dataset(r: &Run) -> Result<std::sync::Arc<crate::data::DatasetConfig>, Analys
             path.display()
         ))
     })?;
-    plan.section::<crate::data::DatasetConfig>(crate::sections::DATASET)
+    crate::sections::dataset_of(&plan)
         .cloned()
         .map(std::sync::Arc::new)
         .ok_or_else(|| AnalysisError::Other(format!("{} names no data set", path.display())))
@@ -226,10 +227,11 @@ fn predict(
         )));
     }
     let k = centroids.size()[0] as usize;
-    let norms = centroids
-        .pow_tensor_scalar(2)
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-        .view([1, -1, 1, 1]);
+    let predictor = if dot_product {
+        Predictor::DotProduct
+    } else {
+        Predictor::NearestCentroid
+    };
 
     let mut items = Vec::new();
     for i in 0..n {
@@ -248,15 +250,8 @@ fn predict(
                 .net
                 .forward_t(&x, false)
                 .map_err(|e| AnalysisError::Other(e.to_string()))?;
-            // The evaluate stage's scores: nearest centroid (2<z, mu> - |mu|^2) or dot product.
-            let dots = crate::stages::train::classify(&z, &centroids);
-            let scores = if dot_product {
-                dots
-            } else {
-                dots * 2.0 - &norms
-            };
-            let up = scores.upsample_bilinear2d([res as i64, res as i64], false, None, None);
-            Ok(up.argmax(1, false))
+            // As the evaluate stage predicts.
+            Ok(predict::predict(&z, &centroids, predictor, res as i64))
         })?;
         let pred: Vec<u32> = Vec::<i64>::try_from(pred.flatten(0, -1))
             .map_err(|e| AnalysisError::Other(e.to_string()))?

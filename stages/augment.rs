@@ -10,12 +10,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::augment_params::{self, AugRow, AugmentConfig};
-use crate::batch::{HostTensor, ViewBatch};
-use crate::data::{preprocess, Split};
+use crate::io::batch::{HostTensor, ViewBatch};
 use crate::sections::PicieContext;
-use crate::transforms::{geometric, views};
-use crate::{Context, ParamError, Port, Stage, StageError};
+use picie_core::augment_params::{self, AugRow, AugmentConfig};
+use picie_core::data::{preprocess, Split};
+use picie_core::transforms::{geometric, views};
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -27,30 +27,21 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use tracing::info;
 
-use crate::checkpoint;
-use crate::data::{preprocess, Split};
-use crate::error::StageFailure;
-use crate::kmeans::{self, KmeansConfig};
-use crate::metrics::{self, Confusion, Matching};
-use crate::model::BnMode;
+use crate::io::checkpoint;
+use crate::io::tables;
+use crate::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
 use crate::sections::PicieContext;
-use crate::stages::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
-use crate::tables;
-use crate::transforms::geometric::to_tensor_normalised;
-use crate::{Context, ParamError, Port, Stage, StageError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Predictor {
-    /// argmax 2<z, mu> - |mu|^2 with fresh k-means centroids (the release's final evaluation).
-    NearestCentroid,
-    /// argmax <z, mu> with the epoch's training centroids of view `view` (the release's
-    /// in-training evaluation, which it runs for both views; needs the `centroids` input).
-    DotProduct,
-}
+use picie_core::data::{preprocess, Split};
+use picie_core::kmeans::{self, KmeansConfig};
+use picie_core::metrics::{self, Confusion, Matching};
+use picie_core::model::BnMode;
+use picie_core::predict::{predict, Predictor};
+use picie_core::transforms::geometric::to_tensor_normalised;
+use picie_engine::error::StageFailure;
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -345,21 +336,8 @@ impl Stage for Evaluate {
             let x = Tensor::stack(&imgs, 0).to_device(device);
             let pred = tch::no_grad(|| -> Result<Tensor, StageError> {
                 let z = m.net.forward_t(&x, false).map_err(StageError::msg)?;
-                let dots = crate::stages::train::classify(&z, &centroids);
-                let scores = match p.predictor {
-                    Predictor::NearestCentroid => {
-                        let norms = centroids.pow_tensor_scalar(2).sum_dim_intlist(
-                            [1i64].as_slice(),
-                            false,
-                            Kind::Float,
-                        );
-                        dots * 2.0 - norms.view([1, -1, 1, 1])
-                    }
-                    Predictor::DotProduct => dots,
-                };
-                let up =
-                    scores.upsample_bilinear2d([p.res as i64, p.res as i64], false, None, None);
-                Ok(up.argmax(1, false).to_device(tch::Device::Cpu))
+                let pred = predict(&z, &centroids, p.predictor, p.res as i64);
+                Ok(pred.to_device(tch::Device::Cpu))
             })?;
             let pred = Vec::<i64>::try_from(pred.flatten(0, -1))?;
             let per = (p.res * p.res) as usize;
@@ -493,7 +471,7 @@ fn with_metrics_schema(b: &RecordBatch) -> Result<RecordBatch, StageError> {
 
 /// Evaluation preprocessing of a batch of images, as one normalised N x 3 x res x res tensor.
 fn load_images(
-    ds: &dyn crate::data::Dataset,
+    ds: &dyn picie_core::data::Dataset,
     ids: &[usize],
     res: u32,
     threads: usize,

@@ -11,12 +11,12 @@
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{FeatureBatch, HostTensor, ViewBatch};
-use crate::checkpoint;
-use crate::model::BnMode;
+use crate::io::batch::{FeatureBatch, HostTensor, ViewBatch};
+use crate::io::checkpoint;
+use crate::io::tables::{self, Precision};
 use crate::sections::PicieContext;
-use crate::tables::{self, Precision};
-use crate::{Context, ParamError, Port, Stage, StageError};
+use picie_core::model::BnMode;
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

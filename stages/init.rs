@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::checkpoint::{self, ModelSpec};
-use crate::model::weights::{self, LoadConfig, Scope};
-use crate::model::InputNorm;
+use crate::io::checkpoint::{self, ModelSpec};
 use crate::sections::PicieContext;
-use crate::{Context, ParamError, Port, Stage, StageError};
+use picie_core::model::weights::{self, LoadConfig, Scope};
+use picie_core::model::InputNorm;
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

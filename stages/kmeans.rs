@@ -11,12 +11,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::batch::FeatureBatch;
-use crate::error::StageFailure;
-use crate::kmeans::{self, Init, Kmeans, KmeansConfig, Metric};
+use crate::io::batch::FeatureBatch;
+use crate::io::tables;
 use crate::sections::PicieContext;
-use crate::tables;
-use crate::{Context, ParamError, Port, Stage, StageError};
+use picie_core::kmeans::{self, Init, Kmeans, KmeansConfig, Metric};
+use picie_engine::error::StageFailure;
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

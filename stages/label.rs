@@ -4,23 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::ViewBatch;
-use crate::checkpoint;
-use crate::kmeans::label_release;
+use crate::io::batch::ViewBatch;
+use crate::io::checkpoint;
+use crate::io::tables;
 use crate::sections::PicieContext;
-use crate::tables;
-use crate::{Context, Port, Stage, StageError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Weighting {
-    /// count_k / total: the release's "balanced" loss (weights grow with cluster size).
-    AsReleased,
-    /// Normalised 1 / count_k: what a user report says was intended.
-    Inverse,
-    /// Plain cross-entropy.
-    None,
-}
+use picie_core::kmeans::label_release;
+use picie_core::loss::{cluster_weights, Weighting};
+use picie_engine::{Context, Port, Stage, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -37,26 +27,6 @@ impl Default for LabelParams {
 }
 
 pub struct Label(LabelParams);
-
-/// Loss weights from cluster counts (empty clusters weigh 0 under `inverse`).
-pub fn weights(counts: &[u64], how: Weighting) -> Vec<f64> {
-    let total: u64 = counts.iter().sum();
-    match how {
-        Weighting::None => vec![1.0; counts.len()],
-        Weighting::AsReleased => counts
-            .iter()
-            .map(|&c| c as f64 / total.max(1) as f64)
-            .collect(),
-        Weighting::Inverse => {
-            let inv: Vec<f64> = counts
-                .iter()
-                .map(|&c| if c == 0 { 0.0 } else { 1.0 / c as f64 })
-                .collect();
-            let s: f64 = inv.iter().sum();
-            inv.iter().map(|v| v / s.max(f64::MIN_POSITIVE)).collect()
-        }
-    }
-}
 
 impl Stage for Label {
     type Params = LabelParams;
@@ -117,7 +87,7 @@ impl Stage for Label {
         }
         ctx.output("labels")?.set_meta("k", k);
         for (i, c) in counts.iter().enumerate() {
-            let w = weights(c, self.0.weights);
+            let w = cluster_weights(c, self.0.weights);
             ctx.output("weights")?
                 .write(&tables::weights_batch(i as u8 + 1, c, &w)?)?;
         }

@@ -9,13 +9,14 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
-use tch::{Reduction, Tensor};
+use tch::Tensor;
 
-use crate::batch::ViewBatch;
-use crate::checkpoint::{self, AdamState};
+use crate::io::batch::ViewBatch;
+use crate::io::checkpoint::{self, AdamState};
+use crate::io::tables;
 use crate::sections::PicieContext;
-use crate::tables;
-use crate::{Context, ParamError, Port, Stage, StageError};
+use picie_core::loss::picie_loss;
+use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,38 +43,6 @@ impl Default for TrainParams {
 }
 
 pub struct Train(TrainParams);
-
-/// Logits of a frozen centroid classifier: plain dot products <z, mu_k>, no bias.
-pub fn classify(z: &Tensor, centroids: &Tensor) -> Tensor {
-    let (k, d) = (centroids.size()[0], centroids.size()[1]);
-    z.conv2d::<Tensor>(
-        &centroids.view([k, d, 1, 1]),
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        1,
-    )
-}
-
-/// Weighted cross-entropy, PyTorch's mean: sum w_y * loss / sum w_y.
-pub fn ce(logits: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
-    logits.cross_entropy_loss::<&Tensor>(target, Some(weight), Reduction::Mean, -100, 0.0)
-}
-
-/// PiCIE's loss; returns (L, L_within, L_cross).
-pub fn picie_loss(
-    z: [&Tensor; 2],
-    y: [&Tensor; 2],
-    c: [&Tensor; 2],
-    w: [&Tensor; 2],
-) -> (Tensor, Tensor, Tensor) {
-    let within =
-        (ce(&classify(z[0], c[0]), y[0], w[0]) + ce(&classify(z[1], c[1]), y[1], w[1])) * 0.5;
-    let cross =
-        (ce(&classify(z[0], c[1]), y[1], w[1]) + ce(&classify(z[1], c[0]), y[0], w[0])) * 0.5;
-    ((&within + &cross) * 0.5, within, cross)
-}
 
 fn metrics_batch(rows: &[(u32, u32, f64, f64, f64, f64, f64)]) -> Result<RecordBatch, StageError> {
     let schema = Arc::new(Schema::new(vec![
@@ -253,10 +222,10 @@ impl Stage for Train {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment_params::Geometric;
-    use crate::batch::HostTensor;
-    use crate::checkpoint::ModelSpec;
-    use crate::model::weights::{self, LoadConfig};
+    use crate::io::batch::HostTensor;
+    use crate::io::checkpoint::ModelSpec;
+    use picie_core::augment_params::Geometric;
+    use picie_core::model::weights::{self, LoadConfig};
 
     fn get(ts: &[(String, Tensor)], name: &str) -> Tensor {
         ts.iter()
@@ -276,7 +245,7 @@ mod tests {
     #[test]
     fn loss_and_gradients_match_pytorch() {
         let dir = tempfile::tempdir().unwrap();
-        if crate::run_oracle("loss parity", "loss_parity.py", [dir.path()]).is_none() {
+        if picie_core::run_oracle("loss parity", "loss_parity.py", [dir.path()]).is_none() {
             return;
         }
         for channels_last in [false, true] {

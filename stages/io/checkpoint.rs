@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use crate::artifact::{Artifact, ArtifactWriter};
-use crate::error::StageError;
-use crate::model::resnet::Arch;
-use crate::model::weights::{self, LoadConfig, Scope};
-use crate::model::{InputNorm, NetConfig, PicieNet};
+use picie_core::model::resnet::Arch;
+use picie_core::model::weights::{self, LoadConfig, Scope};
+use picie_core::model::{InputNorm, NetConfig, PicieNet};
+use picie_engine::artifact::{Artifact, ArtifactWriter};
+use picie_engine::error::StageError;
 
 /// The network as a pipeline names it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

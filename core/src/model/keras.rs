@@ -294,7 +294,7 @@ mod tests {
     use tch::Device;
 
     pub(super) fn repo_root() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        crate::repo_root().to_path_buf()
     }
 
     /// The venv's python (or `PICIE_PYTHON`), if present.

@@ -11,8 +11,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tch::{Kind, Tensor};
 
-use crate::artifact::Artifact;
-use crate::error::StageError;
+use picie_engine::artifact::Artifact;
+use picie_engine::error::StageError;
 
 fn list_field(dim: i32) -> DataType {
     DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim)

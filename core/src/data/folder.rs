@@ -555,10 +555,7 @@ mod tests {
     #[test]
     fn camvid_as_shipped() {
         // ../shared beside the checkout, as in CI and on developers' machines.
-        let root = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/camvid"
-        ));
+        let root = crate::repo_root().join("../shared/data/camvid");
         let root = std::env::var_os("PICIE_CAMVID")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.to_path_buf());

@@ -42,17 +42,8 @@ fn tolerance(op: &str) -> u8 {
         .map_or(0, |&(_, t)| t)
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PICIE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("PICIE_VENV").map_or_else(|| PathBuf::from(".venv"), PathBuf::from);
-    root.join(venv).join("bin/python")
-}
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/transforms_ref.py")
+    crate::repo_root().join("tests/python/transforms_ref.py")
 }
 
 /// Deterministic test picture: gradients, saturated and gray patches, a
@@ -184,7 +175,7 @@ fn check_image(label: &str, img: &RgbImage, square: bool) -> bool {
     let cases_path = dir.path().join("cases.json");
     std::fs::write(&cases_path, serde_json::to_vec(&list).unwrap()).unwrap();
     let out_dir = dir.path().join("out");
-    let run = Command::new(python())
+    let run = Command::new(crate::python())
         .arg(script())
         .arg(&input)
         .arg(&cases_path)
@@ -287,7 +278,7 @@ fn check_tensor(img: &RgbImage, path: &Path, failures: &mut Vec<String>) {
 
 #[test]
 fn transforms_match_pil() {
-    let py = python();
+    let py = crate::python();
     if !py.exists() {
         eprintln!("skipping PIL parity: {} not found", py.display());
         return;
@@ -297,10 +288,7 @@ fn transforms_match_pil() {
     }
     check_image("synthetic square", &synthetic(120, 120), true);
     // A real photograph too, when the shared CamVid copy is present.
-    let camvid = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/camvid/train/0001TP_006690.png"
-    ));
+    let camvid = crate::repo_root().join("../shared/data/camvid/train/0001TP_006690.png");
     if let Ok(im) = image::open(camvid) {
         check_image("camvid", &im.to_rgb8(), false);
     }

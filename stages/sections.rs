@@ -7,28 +7,41 @@ use std::sync::Arc;
 
 use marked_yaml::Node;
 use picie_engine::diag::{Diagnostic, Loc};
-use picie_engine::{Context, Registry, Section, SectionDef, StageError};
+use picie_engine::{Context, Plan, Registry, Section, SectionDef, StageError};
 
-use crate::data::DatasetConfig;
-use crate::device::{Device, DeviceSpec};
+use picie_core::data::DatasetConfig;
+use picie_core::device::{Device, DeviceSpec};
 
 pub const DEVICE: &str = "device";
 pub const DATASET: &str = "dataset";
 
-impl Section for Device {
+/// `device:` as the engine holds it.
+#[derive(Debug)]
+pub struct DeviceSection(pub Device);
+
+impl Section for DeviceSection {
     /// The class, not the index: GPU 0 and GPU 1 share a cache (see [`Device::class`]).
     fn canonical(&self) -> serde_json::Value {
-        self.class().into()
+        self.0.class().into()
     }
     fn describe(&self) -> String {
-        self.to_string()
+        self.0.to_string()
     }
 }
 
-impl Section for DatasetConfig {
+/// `dataset:` as the engine holds it.
+#[derive(Debug)]
+pub struct DatasetSection(pub DatasetConfig);
+
+impl Section for DatasetSection {
     fn canonical(&self) -> serde_json::Value {
-        DatasetConfig::canonical(self)
+        self.0.canonical()
     }
+}
+
+/// The data set a planned pipeline names, if any.
+pub fn dataset_of(plan: &Plan) -> Option<&DatasetConfig> {
+    plan.section::<DatasetSection>(DATASET).map(|d| &d.0)
 }
 
 fn parse_device(
@@ -52,7 +65,7 @@ fn parse_device(
     };
     let loc = node.map_or(Loc { line: 1, column: 1 }, |n| Loc::of(n.span()));
     spec.resolve()
-        .map(|d| Some(Arc::new(d) as Arc<dyn Section>))
+        .map(|d| Some(Arc::new(DeviceSection(d)) as Arc<dyn Section>))
         .map_err(|e| vec![Diagnostic::new(loc, e)])
 }
 
@@ -69,7 +82,7 @@ fn parse_dataset(
         .hint("e.g. `dataset: {kind: synthetic}`")]);
     }
     DatasetConfig::from_node(node, base_dir)
-        .map(|d| Some(Arc::new(d) as Arc<dyn Section>))
+        .map(|d| Some(Arc::new(DatasetSection(d)) as Arc<dyn Section>))
         .map_err(|issues| {
             issues
                 .into_iter()
@@ -98,7 +111,10 @@ pub fn register(r: &mut Registry) {
         ));
     let mut fields = serde_json::Map::new();
     fields.insert("picie".into(), env!("CARGO_PKG_VERSION").into());
-    fields.insert("libtorch".into(), crate::device::libtorch_version().into());
+    fields.insert(
+        "libtorch".into(),
+        picie_core::device::libtorch_version().into(),
+    );
     r.provenance(env!("CARGO_PKG_VERSION"), fields)
         .after_stage(crate::memory::release_free_memory);
 }
@@ -114,11 +130,10 @@ pub trait PicieContext {
 impl PicieContext for Context {
     fn device(&self) -> Device {
         // Global: the plan always has it (it defaults to `auto`).
-        self.section::<Device>(DEVICE)
-            .copied()
-            .unwrap_or(Device::Cpu)
+        self.section::<DeviceSection>(DEVICE)
+            .map_or(Device::Cpu, |d| d.0)
     }
     fn dataset(&self) -> Result<&DatasetConfig, StageError> {
-        self.section::<DatasetConfig>(DATASET)
+        self.section::<DatasetSection>(DATASET).map(|d| &d.0)
     }
 }

@@ -2,8 +2,8 @@
 
 use tch::Tensor;
 
-use crate::augment_params::Geometric;
-use crate::error::StageError;
+use picie_core::augment_params::Geometric;
+use picie_engine::error::StageError;
 
 /// N x C x H x W floats in host memory. Stream items must be `Sync`, which a tch `Tensor`
 /// is not; one copy per batch is cheap beside the network.
@@ -45,7 +45,7 @@ impl ViewBatch {
     /// The release's two feature maps: z1 = f(G(P1 x)), z2 = G(f(P2 x)).
     pub fn features(
         &self,
-        net: &crate::model::PicieNet,
+        net: &picie_core::model::PicieNet,
         device: tch::Device,
         train: bool,
     ) -> Result<(Tensor, Tensor), StageError> {
@@ -55,7 +55,7 @@ impl ViewBatch {
         let z2 = net
             .forward_t(&self.view2.to_device(device), train)
             .map_err(StageError::msg)?;
-        let z2 = crate::transforms::equivariance::apply(&z2, &self.geometric)
+        let z2 = picie_core::transforms::equivariance::apply(&z2, &self.geometric)
             .map_err(StageError::msg)?;
         Ok((z1, z2))
     }

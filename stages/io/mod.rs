@@ -1,0 +1,6 @@
+//! What crosses a stage's ports: the stream items (`batch`), the Arrow tables of the
+//! artifacts (`tables`), and stored networks (`checkpoint`).
+
+pub mod batch;
+pub mod checkpoint;
+pub mod tables;
