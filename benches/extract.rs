@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use picie::checkpoint::{self, ModelSpec};
+use picie::checkpoint;
+use picie::model::NetConfig;
 use picie::model::PicieNet;
 use tch::{Device, Kind, Tensor};
 
@@ -35,7 +36,7 @@ fn rate(net: &PicieNet, x: &Tensor) -> anyhow::Result<f64> {
 pub fn bench() -> anyhow::Result<()> {
     tch::set_num_threads(THREADS);
     // As the extract, label and evaluate stages hold it.
-    let m = checkpoint::build_seeded(&ModelSpec::default(), Device::Cpu, 0)?;
+    let m = checkpoint::build_seeded(&NetConfig::default(), Device::Cpu, 0)?;
     m.channels_last();
     let net = &m.net;
     let x = Tensor::randn([BATCH, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use picie::augment_params::Geometric;
 use picie::batch::{HostTensor, ViewBatch};
-use picie::checkpoint::{self, AdamState, ModelSpec};
+use picie::checkpoint::{self, AdamState};
 use picie::loss::picie_loss;
+use picie::model::NetConfig;
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 16;
@@ -22,7 +23,7 @@ const ITERS: usize = 3;
 /// Median seconds of our training step.
 fn seconds_per_step() -> anyhow::Result<f64> {
     // As the train stage holds it.
-    let m = checkpoint::build_seeded(&ModelSpec::default(), Device::Cpu, 0)?;
+    let m = checkpoint::build_seeded(&NetConfig::default(), Device::Cpu, 0)?;
     m.channels_last();
     let mut adam = AdamState::new(&m.vs);
     let opts = (Kind::Float, Device::Cpu);

@@ -16,7 +16,7 @@ pub mod report;
 
 pub use picie_core::{
     augment_params, data, device, kmeans, loss, metrics, model, predict, python, repo_root,
-    synthetic, transforms,
+    transforms,
 };
 pub use picie_engine::{artifact, context, diag, error, exec, plan, spec, stage, store};
 pub use picie_engine::{run, Context, Error, Item, Mode, ParamError, Plan, Port, Registry};

@@ -32,10 +32,9 @@ use tracing::info;
 
 use crate::io::checkpoint;
 use crate::io::tables;
-use crate::kmeans::{check_minibatch_rows, Mode as KmeansMode, Online};
 use crate::sections::PicieContext;
 use picie_core::data::{preprocess, Split};
-use picie_core::kmeans::{self, KmeansConfig};
+use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as KmeansMode, Online};
 use picie_core::metrics::{self, Confusion, Matching};
 use picie_core::model::BnMode;
 use picie_core::predict::{predict, Predictor};
@@ -171,7 +170,9 @@ impl Stage for Evaluate {
         if p.k.is_some_and(|k| k < 2) {
             e.push(ParamError::new("k", "must be at least 2"));
         }
-        check_minibatch_rows(p.init_rows, p.batch_rows, &mut e);
+        for field in zero_minibatch_rows(p.init_rows, p.batch_rows) {
+            e.push(ParamError::new(field, "must be positive"));
+        }
         if p.bn.is_some() && p.predictor == Predictor::DotProduct {
             e.push(ParamError::new(
                 "bn",

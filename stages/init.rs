@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::io::checkpoint::{self, ModelSpec};
+use crate::io::checkpoint;
 use crate::sections::PicieContext;
 use picie_core::model::weights::{self, LoadConfig, Scope};
-use picie_core::model::InputNorm;
+use picie_core::model::NetConfig;
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -25,49 +25,18 @@ pub enum WeightsScope {
     BackboneOnly,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+// No `deny_unknown_fields`: serde cannot combine it with `flatten`; the engine reports
+// unknown params itself, each at its place.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InitParams {
-    /// resnet18, resnet34 or resnet50.
-    pub arch: String,
-    /// Feature channels D (null: the release's 128 for ResNet-18/34, 256 for ResNet-50).
-    pub dim: Option<i64>,
-    /// ResNet-50 with the stride on the bottleneck's first 1x1 conv (Caffe/Keras weights).
-    pub stride_in_1x1: bool,
-    pub bn_eps: f64,
-    /// The input the weights expect: `imagenet` (RGB mean/std) or `caffe_bgr` (Keras).
-    pub input_norm: InputNorm,
+    /// The network: arch, dim, stride_in_1x1, bn_eps, input_norm.
+    #[serde(flatten)]
+    pub model: NetConfig,
     /// Pretrained weights (safetensors), relative to the pipeline file; its checksum is part
     /// of the cache key.
     pub weights: Option<PathBuf>,
     pub weights_scope: WeightsScope,
-}
-
-impl Default for InitParams {
-    fn default() -> Self {
-        let m = ModelSpec::default();
-        Self {
-            arch: m.arch,
-            dim: m.dim,
-            stride_in_1x1: m.stride_in_1x1,
-            bn_eps: m.bn_eps,
-            input_norm: m.input_norm,
-            weights: None,
-            weights_scope: WeightsScope::Auto,
-        }
-    }
-}
-
-impl InitParams {
-    fn spec(&self) -> ModelSpec {
-        ModelSpec {
-            arch: self.arch.clone(),
-            dim: self.dim,
-            stride_in_1x1: self.stride_in_1x1,
-            bn_eps: self.bn_eps,
-            input_norm: self.input_norm,
-        }
-    }
 }
 
 pub struct Init(InitParams);
@@ -87,13 +56,10 @@ impl Stage for Init {
     }
     fn validate(p: &InitParams) -> Vec<ParamError> {
         let mut e = Vec::new();
-        if let Err(m) = p.spec().net_config() {
-            e.push(ParamError::new("arch", m));
-        }
-        if p.dim.is_some_and(|d| d < 1) {
+        if p.model.dim.is_some_and(|d| d < 1) {
             e.push(ParamError::new("dim", "must be at least 1"));
         }
-        if p.bn_eps.is_nan() || p.bn_eps <= 0.0 {
+        if p.model.bn_eps.is_nan() || p.model.bn_eps <= 0.0 {
             e.push(ParamError::new("bn_eps", "must be positive"));
         }
         if p.weights.is_none() && p.weights_scope != WeightsScope::Auto {
@@ -113,7 +79,7 @@ impl Stage for Init {
 
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = &self.0;
-        let m = checkpoint::build_seeded(&p.spec(), ctx.device().tch(), ctx.seed())?;
+        let m = checkpoint::build_seeded(&p.model, ctx.device().tch(), ctx.seed())?;
         if let Some(file) = &p.weights {
             let path = ctx.base_dir().join(file);
             let scope = match p.weights_scope {
@@ -135,5 +101,44 @@ impl Stage for Init {
             w.set_meta("weights_loaded", report.loaded);
         }
         checkpoint::save(ctx.output("checkpoint")?, &m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use picie_engine::testing::Fixture;
+    use picie_engine::Error;
+
+    fn pipeline(params: &str) -> String {
+        format!(
+            "name: t\ndevice: cpu\nstages:\n  - name: init\n    kind: init\n    params: {params}\n"
+        )
+    }
+
+    #[test]
+    fn params_are_the_one_model_config_plus_weights() {
+        let f = Fixture::new(crate::builtin());
+        let plan = f
+            .plan(&pipeline(
+                "{arch: ResNet-50, dim: 64, stride_in_1x1: true, bn_eps: 1e-3, input_norm: caffe_bgr}",
+            ))
+            .unwrap();
+        let p = &plan.nodes[0].provenance["params"];
+        assert_eq!(p["arch"], "resnet50", "{p}");
+        assert_eq!(p["dim"], 64);
+        assert_eq!(p["stride_in_1x1"], true);
+        assert_eq!(p["bn_eps"], 1e-3);
+        assert_eq!(p["input_norm"], "caffe_bgr");
+        assert!(p["weights"].is_null());
+        assert_eq!(p["weights_scope"], "auto");
+
+        match f.plan(&pipeline("{arch: resnet19, dims: 3}")) {
+            Err(Error::Invalid(d)) => {
+                let t = d.to_string();
+                assert!(t.contains("unknown param `dims` for kind `init`"), "{t}");
+                assert!(t.contains("unknown architecture `resnet19`"), "{t}");
+            }
+            other => panic!("expected diagnostics, got {:?}", other.map(|_| ())),
+        }
     }
 }

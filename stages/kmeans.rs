@@ -14,16 +14,11 @@ use tch::Tensor;
 use crate::io::batch::FeatureBatch;
 use crate::io::tables;
 use crate::sections::PicieContext;
-use picie_core::kmeans::{self, Init, Kmeans, KmeansConfig, Metric};
+use picie_core::kmeans::{
+    self, zero_minibatch_rows, Init, KmeansConfig, Metric, Mode, Online, StatRow,
+};
 use picie_engine::error::StageFailure;
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Minibatch,
-    Lloyd,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,7 +53,7 @@ impl Default for KmeansParams {
 
 pub struct KmeansStage(KmeansParams);
 
-fn stats_batch(rows: &[(u8, u32, f64, u64)]) -> Result<RecordBatch, StageError> {
+fn stats_batch(rows: &[StatRow]) -> Result<RecordBatch, StageError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("view", DataType::UInt8, false),
         Field::new("iteration", DataType::UInt32, false),
@@ -66,10 +61,14 @@ fn stats_batch(rows: &[(u8, u32, f64, u64)]) -> Result<RecordBatch, StageError> 
         Field::new("empty_repaired", DataType::UInt64, false),
     ]));
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(rows.iter().map(|r| r.0).collect::<UInt8Array>()),
-        Arc::new(rows.iter().map(|r| r.1).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()),
-        Arc::new(rows.iter().map(|r| r.3).collect::<UInt64Array>()),
+        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
+        Arc::new(rows.iter().map(|r| r.iteration).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.objective).collect::<Float64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.empty_repaired)
+                .collect::<UInt64Array>(),
+        ),
     ];
     Ok(RecordBatch::try_new(schema, cols)?)
 }
@@ -101,7 +100,9 @@ impl Stage for KmeansStage {
         if p.n_iter == 0 {
             e.push(ParamError::new("n_iter", "must be at least 1"));
         }
-        check_minibatch_rows(p.init_rows, p.batch_rows, &mut e);
+        for field in zero_minibatch_rows(p.init_rows, p.batch_rows) {
+            e.push(ParamError::new(field, "must be positive"));
+        }
         e
     }
     fn new(p: KmeansParams) -> Self {
@@ -144,7 +145,7 @@ impl Stage for KmeansStage {
                     })
                 };
                 let fit = kmeans::lloyd(chunks, &cfg, device).map_err(view_err(view))?;
-                push_iters(&mut stats, view, &fit.iters);
+                stats.extend(StatRow::of_iters(view, &fit.iters));
                 fitted.push((
                     fit.kmeans.centroids().shallow_clone(),
                     fit.kmeans.counts().to_vec(),
@@ -156,7 +157,8 @@ impl Stage for KmeansStage {
             if streamed {
                 while let Some(b) = ctx.recv_as::<FeatureBatch>("stream")? {
                     for o in &mut views {
-                        o.push(b.rows(o.view), &mut stats)?;
+                        let view = o.view;
+                        o.push(b.rows(view), &mut stats).map_err(view_err(view))?;
                     }
                 }
             } else {
@@ -164,16 +166,19 @@ impl Stage for KmeansStage {
                 for o in &mut views {
                     for b in features.batches() {
                         ctx.check_cancelled()?;
-                        o.push(tables::features_of_view(&b?, o.view)?, &mut stats)?;
+                        let view = o.view;
+                        o.push(tables::features_of_view(&b?, view)?, &mut stats)
+                            .map_err(view_err(view))?;
                     }
                 }
             }
             for o in views {
-                fitted.push(o.finish(&mut stats)?);
+                let view = o.view;
+                fitted.push(o.finish(&mut stats).map_err(view_err(view))?);
             }
         }
         // One order whatever the input: by view, then iteration.
-        stats.sort_by_key(|r| (r.0, r.1));
+        stats.sort_by_key(|r| (r.view, r.iteration));
         for (i, (centroids, counts)) in fitted.iter().enumerate() {
             ctx.output("centroids")?.write(&tables::centroids_batch(
                 i as u8 + 1,
@@ -187,176 +192,7 @@ impl Stage for KmeansStage {
     }
 }
 
-/// The mini-batch scheme's row counts must be positive (here and in `evaluate`).
-pub(crate) fn check_minibatch_rows(init_rows: usize, batch_rows: usize, e: &mut Vec<ParamError>) {
-    for (name, rows) in [("init_rows", init_rows), ("batch_rows", batch_rows)] {
-        if rows == 0 {
-            e.push(ParamError::new(name, "must be positive"));
-        }
-    }
-}
-
-pub(crate) type StatRow = (u8, u32, f64, u64);
-
-/// The Lloyd iterations of one view's fit as stats rows.
-fn push_iters(stats: &mut Vec<StatRow>, view: u8, iters: &[kmeans::IterStat]) {
-    for s in iters {
-        stats.push((
-            view,
-            s.iteration as u32,
-            s.objective,
-            s.empty_repaired as u64,
-        ));
-    }
-}
-
-/// k-means errors name the view they happened in.
+/// k-means errors name the view they happened in (the error kept as the cause).
 fn view_err(view: u8) -> impl Fn(kmeans::KmeansError) -> StageError {
-    move |e| StageError::msg(format!("view {view}: {e}"))
-}
-
-/// The release's mini-batch k-means of one view, fed rows in order: full k-means on the
-/// first `init_rows` rows, then one online update per `batch_rows` rows. Also the fresh
-/// k-means of `evaluate` in its `minibatch` mode.
-pub(crate) struct Online<'a> {
-    pub(crate) view: u8,
-    cfg: &'a KmeansConfig,
-    init_rows: usize,
-    batch_rows: usize,
-    device: tch::Device,
-    km: Option<Kmeans>,
-    /// Rows waiting: the initial sample, then the next online batch. Kept in pieces of
-    /// exactly `cfg.chunk_rows` rows (the last one filling), so the initial k-means runs over
-    /// them without a concatenated copy and sees the same blocks however the rows arrived.
-    buf: Vec<Tensor>,
-    filling: Vec<Tensor>,
-    filling_rows: usize,
-    buf_rows: usize,
-    updates: u32,
-}
-
-impl<'a> Online<'a> {
-    pub(crate) fn new(
-        view: u8,
-        cfg: &'a KmeansConfig,
-        init_rows: usize,
-        batch_rows: usize,
-        device: tch::Device,
-    ) -> Self {
-        Self {
-            view,
-            cfg,
-            init_rows,
-            batch_rows,
-            device,
-            km: None,
-            buf: Vec::new(),
-            filling: Vec::new(),
-            filling_rows: 0,
-            buf_rows: 0,
-            updates: 0,
-        }
-    }
-
-    /// Appends rows to the waiting buffer, sealing each full `chunk_rows` piece.
-    fn keep(&mut self, rows: Tensor) {
-        let mut rows = rows;
-        let chunk = self.cfg.chunk_rows.max(1);
-        self.buf_rows += rows.size()[0] as usize;
-        while rows.size()[0] > 0 {
-            let n = rows.size()[0] as usize;
-            let take = (chunk - self.filling_rows).min(n);
-            self.filling.push(rows.narrow(0, 0, take as i64));
-            self.filling_rows += take;
-            rows = rows.narrow(0, take as i64, (n - take) as i64);
-            if self.filling_rows == chunk {
-                self.seal();
-            }
-        }
-    }
-
-    fn seal(&mut self) {
-        if self.filling.is_empty() {
-            return;
-        }
-        let piece = if self.filling.len() == 1 {
-            self.filling.pop().expect("one piece")
-        } else {
-            Tensor::cat(&self.filling, 0)
-        };
-        self.filling.clear();
-        self.filling_rows = 0;
-        self.buf.push(piece);
-    }
-
-    pub(crate) fn push(
-        &mut self,
-        mut rows: Tensor,
-        stats: &mut Vec<StatRow>,
-    ) -> Result<(), StageError> {
-        loop {
-            let n = rows.size()[0] as usize;
-            let want = if self.km.is_none() {
-                self.init_rows
-            } else {
-                self.batch_rows
-            };
-            let room = want - self.buf_rows;
-            if n < room {
-                if n > 0 {
-                    self.keep(rows);
-                }
-                return Ok(());
-            }
-            self.keep(rows.narrow(0, 0, room as i64));
-            rows = rows.narrow(0, room as i64, (n - room) as i64);
-            self.flush(stats)?;
-        }
-    }
-
-    /// Uses the waiting rows: the initial k-means, or one online update.
-    fn flush(&mut self, stats: &mut Vec<StatRow>) -> Result<(), StageError> {
-        self.seal();
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let pieces = std::mem::take(&mut self.buf);
-        self.buf_rows = 0;
-        let view = self.view;
-        let err = view_err(view);
-        match self.km.as_mut() {
-            None => {
-                // = Kmeans::init_from on the concatenation, without making it.
-                let fit = kmeans::lloyd(
-                    || {
-                        pieces
-                            .iter()
-                            .map(|t| Ok::<_, StageFailure>(t.shallow_clone()))
-                    },
-                    self.cfg,
-                    self.device,
-                )
-                .map_err(err)?;
-                push_iters(stats, view, &fit.iters);
-                self.km = Some(fit.kmeans);
-            }
-            Some(km) => {
-                let s = km.minibatch_update(&Tensor::cat(&pieces, 0)).map_err(err)?;
-                self.updates += 1;
-                stats.push((view, self.cfg.n_iter as u32 + self.updates, s.objective, 0));
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn finish(
-        mut self,
-        stats: &mut Vec<StatRow>,
-    ) -> Result<(Tensor, Vec<u64>), StageError> {
-        self.flush(stats)?;
-        let km = self
-            .km
-            .ok_or_else(|| StageError::msg(format!("view {}: the input has no rows", self.view)))?;
-        Ok((km.centroids().shallow_clone(), km.counts().to_vec()))
-    }
+    move |e| StageError::context(format!("view {view}"), e)
 }

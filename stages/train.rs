@@ -223,9 +223,9 @@ impl Stage for Train {
 mod tests {
     use super::*;
     use crate::io::batch::HostTensor;
-    use crate::io::checkpoint::ModelSpec;
     use picie_core::augment_params::Geometric;
     use picie_core::model::weights::{self, LoadConfig};
+    use picie_core::model::NetConfig;
 
     fn get(ts: &[(String, Tensor)], name: &str) -> Tensor {
         ts.iter()
@@ -255,7 +255,7 @@ mod tests {
     }
 
     fn check_loss_parity(dir: &std::path::Path, channels_last: bool) {
-        let m = checkpoint::build(&ModelSpec::default(), tch::Device::Cpu).unwrap();
+        let m = checkpoint::build(&NetConfig::default(), tch::Device::Cpu).unwrap();
         weights::load(
             &m.vs,
             dir.join("weights.safetensors"),

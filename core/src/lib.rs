@@ -13,7 +13,6 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod predict;
-pub mod synthetic;
 pub mod transforms;
 
 use std::path::{Path, PathBuf};

@@ -178,9 +178,16 @@ where
             clean.remove(key.as_str());
         }
     }
-    match marked_yaml::from_node::<T>(&marked_yaml::Node::Mapping(clean)) {
+    let clean = marked_yaml::Node::Mapping(clean);
+    match marked_yaml::from_node::<T>(&clean) {
         Ok(v) => (Some(v), diags),
+        // marked_yaml hands `#[serde(flatten)]` fields their scalars as strings; the same
+        // mapping with YAML's scalar types resolved reads them (errors stay marked_yaml's,
+        // which carry places).
         Err(e) => {
+            if let Ok(v) = serde_json::from_value::<T>(node_to_json(&clean)) {
+                return (Some(v), diags);
+            }
             let loc = e
                 .start_mark()
                 .map(|m| Loc {
@@ -194,6 +201,33 @@ where
             ));
             (None, diags)
         }
+    }
+}
+
+/// A YAML node as JSON, scalars typed as YAML's core schema would (bool, null, integer,
+/// float, else string).
+fn node_to_json(node: &marked_yaml::Node) -> serde_json::Value {
+    use marked_yaml::Node;
+    match node {
+        Node::Scalar(s) => {
+            let t = s.as_str();
+            match t {
+                "true" => true.into(),
+                "false" => false.into(),
+                "null" | "~" => serde_json::Value::Null,
+                _ => t
+                    .parse::<i64>()
+                    .map(Into::into)
+                    .or_else(|_| t.parse::<f64>().map(Into::into))
+                    .unwrap_or_else(|_| t.into()),
+            }
+        }
+        Node::Sequence(s) => s.iter().map(node_to_json).collect(),
+        Node::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
     }
 }
 
@@ -222,5 +256,49 @@ mod tests {
     fn suggests_near_words_only() {
         assert_eq!(closest("kmean", ["kmeans", "label"]), Some("kmeans"));
         assert_eq!(closest("zzzzzz", ["kmeans", "label"]), None);
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Inner {
+        n: i64,
+        x: f64,
+        on: bool,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Outer {
+        #[serde(flatten)]
+        inner: Inner,
+        name: String,
+    }
+
+    /// Regression: flattened fields got their YAML scalars as strings ("invalid type:
+    /// string \"64\", expected i64").
+    #[test]
+    fn flattened_fields_read_typed_scalars() {
+        let node =
+            marked_yaml::parse_yaml(0, "{n: 64, x: 1e-3, on: true, name: a, nope: 1}").unwrap();
+        let (v, diags) = from_mapping::<Outer>(node.as_mapping().unwrap(), "param", "kind `t`");
+        let want = Outer {
+            inner: Inner {
+                n: 64,
+                x: 1e-3,
+                on: true,
+            },
+            name: "a".into(),
+        };
+        assert_eq!(v, Some(want));
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("unknown param `nope`"));
+        // A bad value is still an error, at its place.
+        let node = marked_yaml::parse_yaml(0, "{n: many}").unwrap();
+        let (v, diags) = from_mapping::<Outer>(node.as_mapping().unwrap(), "param", "kind `t`");
+        assert!(v.is_none());
+        assert!(
+            diags[0].message.contains("bad params for kind `t`"),
+            "{diags:?}"
+        );
     }
 }

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use marked_yaml::Node;
 use serde_json::json;
 
 use crate::diag::{suggest, Diagnostic, Diagnostics};
@@ -825,29 +824,4 @@ fn stream_groups(inputs: &[Vec<PlanInput>], n: usize) -> Vec<usize> {
 
 fn hash_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
-}
-
-/// YAML as JSON for cache keys (scalars typed the YAML 1.2 core way).
-pub fn node_to_json(node: &Node) -> serde_json::Value {
-    match node {
-        Node::Scalar(s) => {
-            let t = s.as_str();
-            match t {
-                "true" => true.into(),
-                "false" => false.into(),
-                "null" | "~" => serde_json::Value::Null,
-                _ => t
-                    .parse::<i64>()
-                    .map(Into::into)
-                    .or_else(|_| t.parse::<f64>().map(Into::into))
-                    .unwrap_or_else(|_| t.into()),
-            }
-        }
-        Node::Sequence(s) => s.iter().map(node_to_json).collect(),
-        Node::Mapping(m) => m
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-    }
 }

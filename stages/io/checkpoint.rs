@@ -2,63 +2,19 @@
 //! artifact, with the architecture in the manifest so a checkpoint loads without the
 //! pipeline that wrote it.
 
-use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use picie_core::model::resnet::Arch;
 use picie_core::model::weights::{self, LoadConfig, Scope};
-use picie_core::model::{InputNorm, NetConfig, PicieNet};
+use picie_core::model::{NetConfig, PicieNet};
 use picie_engine::artifact::{Artifact, ArtifactWriter};
 use picie_engine::error::StageError;
-
-/// The network as a pipeline names it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelSpec {
-    /// resnet18, resnet34 or resnet50.
-    pub arch: String,
-    /// Feature channels D (null: 128 for ResNet-18/34, 256 for ResNet-50, as released).
-    pub dim: Option<i64>,
-    pub stride_in_1x1: bool,
-    pub bn_eps: f64,
-    /// The input the weights expect (the network converts the pipeline's ImageNet input).
-    pub input_norm: InputNorm,
-}
-
-impl Default for ModelSpec {
-    fn default() -> Self {
-        Self {
-            arch: "resnet18".into(),
-            dim: None,
-            stride_in_1x1: false,
-            bn_eps: 1e-5,
-            input_norm: InputNorm::Imagenet,
-        }
-    }
-}
-
-impl ModelSpec {
-    pub fn net_config(&self) -> Result<NetConfig, String> {
-        let arch: Arch = self
-            .arch
-            .parse()
-            .map_err(|e| format!("unknown arch `{}`: {e}", self.arch))?;
-        Ok(NetConfig {
-            arch,
-            stride_in_1x1: self.stride_in_1x1,
-            dim: self.dim,
-            bn_eps: self.bn_eps,
-            input_norm: self.input_norm,
-        })
-    }
-}
 
 /// A network on a device, with its variables.
 pub struct Loaded {
     pub vs: VarStore,
     pub net: PicieNet,
-    pub spec: ModelSpec,
+    pub spec: NetConfig,
     pub adam: Option<AdamState>,
 }
 
@@ -76,7 +32,7 @@ fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// A new network with random weights drawn from `seed`, reproducibly.
 pub fn build_seeded(
-    spec: &ModelSpec,
+    spec: &NetConfig,
     device: tch::Device,
     seed: u64,
 ) -> Result<Loaded, StageError> {
@@ -86,19 +42,18 @@ pub fn build_seeded(
 }
 
 /// A new network with unseeded random weights (to be overwritten by a load).
-pub fn build(spec: &ModelSpec, device: tch::Device) -> Result<Loaded, StageError> {
+pub fn build(spec: &NetConfig, device: tch::Device) -> Result<Loaded, StageError> {
     let _rng = rng_lock();
     build_unlocked(spec, device)
 }
 
-fn build_unlocked(spec: &ModelSpec, device: tch::Device) -> Result<Loaded, StageError> {
-    let cfg = spec.net_config().map_err(StageError::msg)?;
+fn build_unlocked(spec: &NetConfig, device: tch::Device) -> Result<Loaded, StageError> {
     let vs = VarStore::new(device);
-    let net = PicieNet::new(&vs.root(), &cfg).map_err(StageError::msg)?;
+    let net = PicieNet::new(&vs.root(), spec)?;
     Ok(Loaded {
         vs,
         net,
-        spec: spec.clone(),
+        spec: *spec,
         adam: None,
     })
 }
@@ -108,7 +63,7 @@ pub fn save(w: &mut ArtifactWriter, m: &Loaded) -> Result<(), StageError> {
     weights::save(&m.vs, &path).map_err(StageError::msg)?;
     w.set_meta(
         "model",
-        serde_json::to_value(&m.spec).expect("spec serialises"),
+        serde_json::to_value(m.spec).expect("spec serialises"),
     );
     if let Some(adam) = &m.adam {
         let path = w.file_path("optimizer.safetensors")?;
@@ -139,7 +94,7 @@ impl Loaded {
 
 /// Loads a checkpoint artifact onto `device`.
 pub fn load(a: &Artifact, device: tch::Device) -> Result<Loaded, StageError> {
-    let spec: ModelSpec = a
+    let spec: NetConfig = a
         .meta("model")
         .cloned()
         .ok_or_else(|| {

@@ -405,8 +405,8 @@ fn the_default_pipeline_learns() {
 }
 
 fn save_weights(path: &Path, arch: &str, seed: u64) {
-    let spec = picie::checkpoint::ModelSpec {
-        arch: arch.into(),
+    let spec = picie::model::NetConfig {
+        arch: arch.parse().unwrap(),
         ..Default::default()
     };
     let m = picie::checkpoint::build_seeded(&spec, tch::Device::Cpu, seed).unwrap();

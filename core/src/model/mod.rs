@@ -104,16 +104,21 @@ impl InputNorm {
     }
 }
 
-/// Network settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The network's settings: the one model configuration, as `init`'s params name it, as a
+/// checkpoint's manifest stores it (`model`), and as [`PicieNet::new`] builds from it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NetConfig {
+    /// resnet18, resnet34 or resnet50.
     pub arch: Arch,
-    /// ResNet-50 only: stride on the bottleneck's 1x1 conv (Caffe/Keras style).
-    pub stride_in_1x1: bool,
-    /// Output channels D; `None` = the release's choice (128 for ResNet-18/34, 256 for 50).
+    /// Feature channels D; `None` = the release's choice (128 for ResNet-18/34, 256 for 50).
     pub dim: Option<i64>,
+    /// ResNet-50 only: stride on the bottleneck's 1x1 conv (Caffe/Keras weights).
+    pub stride_in_1x1: bool,
     /// BatchNorm epsilon (1e-5 PyTorch; 1e-3 for Keras-converted weights).
     pub bn_eps: f64,
+    /// The input the weights expect: `imagenet` (RGB mean/std) or `caffe_bgr` (Keras); the
+    /// network converts the pipeline's ImageNet input.
     pub input_norm: InputNorm,
 }
 

@@ -14,8 +14,10 @@ use tch::{Kind, Tensor};
 
 use super::ModelError;
 
-/// Which ResNet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which ResNet. Written as `resnet18`, `resnet34` or `resnet50` (case, `-` and `_` are
+/// ignored when read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Arch {
     #[default]
     ResNet18,
@@ -73,6 +75,19 @@ impl Arch {
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl TryFrom<String> for Arch {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, ModelError> {
+        s.parse()
+    }
+}
+
+impl From<Arch> for String {
+    fn from(a: Arch) -> String {
+        a.name().to_string()
     }
 }
 

@@ -1,15 +1,17 @@
-//! The synthetic scenes of [`crate::synthetic`] as a [`Dataset`]: the
-//! default offline data set, generated on demand.
+//! The synthetic scenes of [`generator`] as a [`Dataset`]: the default offline data set,
+//! generated on demand.
+
+pub mod generator;
 
 use std::path::Path;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::config::KindConfig;
-use super::io::pascal_colour;
-use super::{ClassInfo, DataError, Dataset, Mask, Split};
-use crate::synthetic::{class_names, generate, SyntheticConfig};
+use crate::data::config::KindConfig;
+use crate::data::io::pascal_colour;
+use crate::data::{ClassInfo, DataError, Dataset, Mask, Split};
+use generator::{class_names, generate, SyntheticConfig};
 
 /// Val images are generated from indices starting here, so they never equal
 /// train images and do not change when `train_images` does.
