@@ -337,6 +337,10 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Kinds => {
             for k in registry.kinds() {
                 println!("{} (v{}): {}", k.kind(), k.version(), k.description());
+                println!("    code {}", kind_source(k.type_name()));
+                if !k.sections().is_empty() {
+                    println!("    reads {}", k.sections().join(", "));
+                }
                 if let Ok(c) = k.configure(None, Default::default(), Path::new(".")) {
                     for p in c.inputs() {
                         println!(
@@ -353,6 +357,15 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                     println!("    params {}", c.canonical());
                 }
             }
+            let sections: Vec<String> = registry
+                .sections()
+                .iter()
+                .map(|d| {
+                    let scope = if d.global { "every kind" } else { "kinds that read it" };
+                    format!("{}: ({}, keyed into {scope})", d.name, d.what)
+                })
+                .collect();
+            println!("top-level sections: {}", sections.join("; "));
             Ok(())
         }
     }
@@ -482,4 +495,14 @@ fn show(store: &Store, key: &str, rows: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a kind's code lives, from its Rust type: `picie_stages::train::Train` ->
+/// `stages/train.rs (picie_stages::train::Train)`.
+fn kind_source(type_name: &str) -> String {
+    let parts: Vec<&str> = type_name.split("::").collect();
+    match parts.as_slice() {
+        ["picie_stages", module, ..] => format!("stages/{module}.rs ({type_name})"),
+        _ => type_name.to_string(),
+    }
 }

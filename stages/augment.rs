@@ -2,17 +2,13 @@
 //! batch; the random parameters (a pure function of seed, epoch and image) are also an
 //! artifact, so every pass of an epoch sees the same augmentations and they can be inspected.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, RecordBatch, UInt32Array, UInt64Array, UInt8Array,
-};
-use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::io::batch::{HostTensor, ViewBatch};
+use crate::io::ports::{AUG_PARAMS, BATCHES};
+use crate::io::tables;
 use crate::sections::PicieContext;
-use picie_core::augment_params::{self, AugRow, AugmentConfig};
+use picie_core::augment_params::{self, AugmentConfig};
 use picie_core::data::{preprocess, Split};
 use picie_core::transforms::{geometric, views};
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
@@ -48,48 +44,6 @@ impl Default for AugmentParams {
 
 pub struct Augment(AugmentParams);
 
-fn rows_batch(rows: &[AugRow]) -> Result<RecordBatch, StageError> {
-    let f = |name: &str, ty: DataType, nullable: bool| Field::new(name, ty, nullable);
-    let schema = Arc::new(Schema::new(vec![
-        f("image", DataType::UInt64, false),
-        f("epoch", DataType::UInt32, false),
-        f("view", DataType::UInt8, false),
-        f("crop_frac", DataType::Float32, false),
-        f("u_x", DataType::Float32, false),
-        f("u_y", DataType::Float32, false),
-        f("flip", DataType::Boolean, false),
-        f("brightness", DataType::Float32, true),
-        f("contrast", DataType::Float32, true),
-        f("saturation", DataType::Float32, true),
-        f("hue", DataType::Float32, true),
-        f("grayscale", DataType::Boolean, false),
-        f("blur_radius", DataType::Float32, true),
-    ]));
-    let opt = |g: fn(&AugRow) -> Option<f32>| -> ArrayRef {
-        Arc::new(rows.iter().map(g).collect::<Float32Array>())
-    };
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(rows.iter().map(|r| r.image).collect::<UInt64Array>()),
-        Arc::new(rows.iter().map(|r| r.epoch).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
-        Arc::new(rows.iter().map(|r| r.crop_frac).collect::<Float32Array>()),
-        Arc::new(rows.iter().map(|r| r.u_x).collect::<Float32Array>()),
-        Arc::new(rows.iter().map(|r| r.u_y).collect::<Float32Array>()),
-        Arc::new(rows.iter().map(|r| Some(r.flip)).collect::<BooleanArray>()),
-        opt(|r| r.brightness),
-        opt(|r| r.contrast),
-        opt(|r| r.saturation),
-        opt(|r| r.hue),
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.grayscale))
-                .collect::<BooleanArray>(),
-        ),
-        opt(|r| r.blur_radius),
-    ];
-    Ok(RecordBatch::try_new(schema, cols)?)
-}
-
 impl Stage for Augment {
     type Params = AugmentParams;
     const KIND: &'static str = "augment";
@@ -101,10 +55,7 @@ impl Stage for Augment {
         vec![]
     }
     fn outputs(_: &AugmentParams) -> Vec<Port> {
-        vec![
-            Port::stream("batches", "view_batch"),
-            Port::artifact("params", "aug_params"),
-        ]
+        vec![BATCHES.port(), AUG_PARAMS]
     }
     fn validate(p: &AugmentParams) -> Vec<ParamError> {
         let mut e: Vec<ParamError> = p
@@ -180,8 +131,9 @@ impl Stage for Augment {
                 batch.view2.shape[0] += 1;
                 batch.geometric.push(aug.geometric);
             }
-            ctx.output("params")?.write(&rows_batch(&rows)?)?;
-            ctx.send("batches", batch)?;
+            ctx.output(AUG_PARAMS.name)?
+                .write(&tables::aug_params_batch(&rows)?)?;
+            ctx.send_to(&BATCHES, batch)?;
             ctx.progress().inc(chunk.len() as u64);
         }
         Ok(())

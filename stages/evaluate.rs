@@ -17,12 +17,7 @@
 //! table holds them all. The centroids the predictions used are stored too (`centroids`),
 //! so `picie report` draws exactly the evaluated predictions.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::array::RecordBatch;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -31,7 +26,8 @@ use tch::Tensor;
 use tracing::info;
 
 use crate::io::checkpoint;
-use crate::io::tables;
+use crate::io::ports::{CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS};
+use crate::io::tables::{self, EpochMetrics};
 use crate::sections::PicieContext;
 use picie_core::data::{preprocess, Split};
 use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as KmeansMode, Online};
@@ -113,26 +109,6 @@ impl EvaluateParams {
 
 pub struct Evaluate(EvaluateParams);
 
-pub fn metrics_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("epoch", DataType::UInt32, false),
-        Field::new("predictor", DataType::Utf8, false),
-        Field::new("k", DataType::UInt32, false),
-        Field::new("pixel_accuracy", DataType::Float64, false),
-        Field::new("miou", DataType::Float64, false),
-        Field::new("thing_miou", DataType::Float64, true),
-        Field::new("stuff_miou", DataType::Float64, true),
-        Field::new("valid_pixels", DataType::UInt64, false),
-        // BatchNorm of the fresh k-means pass (train | eval); null for dot_product.
-        Field::new("kmeans_bn", DataType::Utf8, true),
-        Field::new(
-            "per_class_iou",
-            DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
-            false,
-        ),
-    ]))
-}
-
 impl Stage for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
@@ -144,21 +120,13 @@ impl Stage for Evaluate {
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
     fn inputs(_: &EvaluateParams) -> Vec<Port> {
-        vec![
-            Port::artifact("checkpoint", "checkpoint"),
-            Port::artifact("centroids", "centroids").optional(),
-            Port::artifact("history", "metrics").optional(),
-        ]
+        vec![CHECKPOINT, CENTROIDS.optional(), HISTORY.optional()]
     }
     fn outputs(p: &EvaluateParams) -> Vec<Port> {
-        let mut out = vec![
-            Port::artifact("metrics", "metrics"),
-            Port::artifact("confusion", "confusion"),
-            Port::artifact("centroids", "centroids"),
-        ];
+        let mut out = vec![METRICS, CONFUSION, CENTROIDS];
         if p.kmeans_bn() == Some(BnMode::Train) {
             // The network with the statistics the train-mode pass left: what predicted val.
-            out.push(Port::artifact("checkpoint", "checkpoint"));
+            out.push(CHECKPOINT);
         }
         out
     }
@@ -204,7 +172,7 @@ impl Stage for Evaluate {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let mut m = checkpoint::load(ctx.input(CHECKPOINT.name)?, device)?;
         m.channels_last();
         let bn = p.kmeans_bn();
         let train_bn = bn == Some(BnMode::Train);
@@ -214,12 +182,12 @@ impl Stage for Evaluate {
         // dot_product predicts with the training centroids, so their count is k.
         let trained = match p.predictor {
             Predictor::DotProduct => {
-                if !ctx.has_input("centroids") {
+                if !ctx.has_input(CENTROIDS.name) {
                     return Err(StageError::msg(
                         "predictor `dot_product` needs the `centroids` input",
                     ));
                 }
-                let (c, counts) = tables::read_centroids(ctx.input("centroids")?, p.view)?;
+                let (c, counts) = tables::read_centroids(ctx.input(CENTROIDS.name)?, p.view)?;
                 if let Some(k) = p.k.filter(|&k| k != counts.len()) {
                     return Err(StageError::msg(format!(
                         "k = {k} but the view-{} centroids number {}: leave `k` unset with \
@@ -306,13 +274,13 @@ impl Stage for Evaluate {
                 m.net.dim()
             )));
         }
-        let c_out = ctx.output("centroids")?;
+        let c_out = ctx.output(CENTROIDS.name)?;
         c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
         c_out.set_meta("k", counts.len());
         if train_bn {
             // Only the network: the optimizer state is not what predicted.
             m.adam = None;
-            let out = ctx.output("checkpoint")?;
+            let out = ctx.output(CHECKPOINT.name)?;
             out.set_meta("bn_stats_from", "evaluate (train-mode fresh k-means pass)");
             checkpoint::save(out, &m)?;
         }
@@ -359,14 +327,14 @@ impl Stage for Evaluate {
         }
 
         let epoch = ctx.epoch().unwrap_or(0);
-        let history: Vec<RecordBatch> = if ctx.has_input("history") {
-            ctx.input("history")?.read_all()?
+        let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
+            ctx.input(HISTORY.name)?.read_all()?
         } else {
             Vec::new()
         };
-        let out = ctx.output("metrics")?;
+        let out = ctx.output(METRICS.name)?;
         for b in &history {
-            out.write(&with_metrics_schema(b)?)?;
+            out.write(&tables::with_metrics_schema(b)?)?;
         }
         if conf.total() == 0 {
             // No masks: say what the clusters look like instead of failing.
@@ -389,53 +357,18 @@ impl Stage for Evaluate {
             "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor}{bn_note})",
             mt.miou, mt.pixel_accuracy
         );
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(UInt32Array::from(vec![epoch])),
-            Arc::new(StringArray::from(vec![predictor.as_str()])),
-            Arc::new(UInt32Array::from(vec![k as u32])),
-            Arc::new(Float64Array::from(vec![mt.pixel_accuracy])),
-            Arc::new(Float64Array::from(vec![mt.miou])),
-            Arc::new(Float64Array::from(vec![mt.thing_miou])),
-            Arc::new(Float64Array::from(vec![mt.stuff_miou])),
-            Arc::new(UInt64Array::from(vec![mt.valid_pixels])),
-            Arc::new(StringArray::from(vec![bn.map(BnMode::as_str)])),
-            Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
-                Some(
-                    mt.per_class_iou
-                        .iter()
-                        .map(|v| Some(*v))
-                        .collect::<Vec<_>>(),
-                ),
-            ])),
-        ];
-        out.write(&RecordBatch::try_new(metrics_schema(), cols)?)?;
+        out.write(&tables::metrics_batch(&EpochMetrics {
+            epoch,
+            predictor: &predictor,
+            k: k as u32,
+            scores: &mt,
+            kmeans_bn: bn.map(BnMode::as_str),
+        })?)?;
         out.set_meta("miou", mt.miou);
         out.set_meta("pixel_accuracy", mt.pixel_accuracy);
 
-        let conf_out = ctx.output("confusion")?;
-        let mut gt = Vec::new();
-        let mut cl = Vec::new();
-        let mut count = Vec::new();
-        for g in 0..classes {
-            for c in 0..k {
-                gt.push(g as u32);
-                cl.push(c as u32);
-                count.push(conf.get(g, c).unwrap_or(0));
-            }
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("class", DataType::UInt32, false),
-            Field::new("cluster", DataType::UInt32, false),
-            Field::new("pixels", DataType::UInt64, false),
-        ]));
-        conf_out.write(&RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(UInt32Array::from(gt)) as ArrayRef,
-                Arc::new(UInt32Array::from(cl)),
-                Arc::new(UInt64Array::from(count)),
-            ],
-        )?)?;
+        let conf_out = ctx.output(CONFUSION.name)?;
+        conf_out.write(&tables::confusion_batch(&conf)?)?;
         Ok(())
     }
 }
@@ -447,27 +380,6 @@ fn shuffle_rng(seed: u64, epoch: u32) -> ChaCha8Rng {
     h.update(&seed.to_le_bytes());
     h.update(&epoch.to_le_bytes());
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
-}
-
-/// A history batch in this version's metrics schema: columns it lacks (tables written before
-/// they existed) are null, so one table holds every epoch.
-fn with_metrics_schema(b: &RecordBatch) -> Result<RecordBatch, StageError> {
-    let schema = metrics_schema();
-    let cols = schema
-        .fields()
-        .iter()
-        .map(|f| match b.column_by_name(f.name()) {
-            Some(c) => Ok(c.clone()),
-            None if f.is_nullable() => {
-                Ok(arrow::array::new_null_array(f.data_type(), b.num_rows()))
-            }
-            None => Err(StageError::msg(format!(
-                "the `history` metrics lack the column `{}`",
-                f.name()
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema, cols)?)
 }
 
 /// Evaluation preprocessing of a batch of images, as one normalised N x 3 x res x res tensor.
@@ -489,32 +401,6 @@ fn load_images(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A history table written before `kmeans_bn` existed joins this version's table with
-    /// nulls there; one lacking a required column is a named error.
-    #[test]
-    fn history_without_new_columns_gets_nulls() {
-        // An empty metrics batch without the named columns.
-        let without = |drop: &[&str]| {
-            let fields: Vec<_> = metrics_schema()
-                .fields()
-                .iter()
-                .filter(|f| !drop.contains(&f.name().as_str()))
-                .cloned()
-                .collect();
-            let cols: Vec<ArrayRef> = fields
-                .iter()
-                .map(|f| arrow::array::new_empty_array(f.data_type()))
-                .collect();
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
-        };
-        let out = with_metrics_schema(&without(&["kmeans_bn"])).unwrap();
-        assert_eq!(out.schema(), metrics_schema());
-        let e = with_metrics_schema(&without(&["kmeans_bn", "miou"]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`miou`"), "{e}");
-    }
 
     #[test]
     fn bn_applies_to_the_fresh_kmeans_pass_only() {

@@ -11,8 +11,9 @@
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::io::batch::{FeatureBatch, HostTensor, ViewBatch};
+use crate::io::batch::{FeatureBatch, HostTensor};
 use crate::io::checkpoint;
+use crate::io::ports::{BATCHES, CHECKPOINT, FEATURES, FEATURE_STREAM};
 use crate::io::tables::{self, Precision};
 use crate::sections::PicieContext;
 use picie_core::model::BnMode;
@@ -82,18 +83,15 @@ impl Stage for Extract {
         "per-pixel features of both views (view 2 through G), streamed and/or stored";
 
     fn inputs(_: &ExtractParams) -> Vec<Port> {
-        vec![
-            Port::stream("batches", "view_batch"),
-            Port::artifact("checkpoint", "checkpoint"),
-        ]
+        vec![BATCHES.port(), CHECKPOINT]
     }
     fn outputs(p: &ExtractParams) -> Vec<Port> {
-        let mut out = vec![Port::stream("stream", "feature_batch")];
+        let mut out = vec![FEATURE_STREAM.port()];
         if p.store != Keep::None {
-            out.push(Port::artifact("features", "features"));
+            out.push(FEATURES);
         }
         if p.bn == BnMode::Train {
-            out.push(Port::artifact("checkpoint", "checkpoint"));
+            out.push(CHECKPOINT);
         }
         out
     }
@@ -111,23 +109,23 @@ impl Stage for Extract {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let m = checkpoint::load(ctx.input(CHECKPOINT.name)?, device)?;
         m.channels_last();
         let train = p.bn == BnMode::Train;
         let (seed, epoch) = (ctx.seed(), ctx.epoch().unwrap_or(0));
         if p.store != Keep::None {
-            let w = ctx.output("features")?;
+            let w = ctx.output(FEATURES.name)?;
             w.uncompressed();
             w.set_meta("dim", m.net.dim());
             if p.store == Keep::Sample {
                 w.set_meta("sample_per_image", p.sample_per_image);
             }
         }
-        while let Some(b) = ctx.recv_as::<ViewBatch>("batches")? {
+        while let Some(b) = ctx.recv_from(&BATCHES)? {
             let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, train))?;
             if p.store != Keep::None {
                 let (h, w) = (z1.size()[2], z1.size()[3]);
-                let w_out = ctx.output("features")?;
+                let w_out = ctx.output(FEATURES.name)?;
                 for (view, z) in [(1u8, &z1), (2, &z2)] {
                     let pick: Option<Vec<Vec<i64>>> = (p.store == Keep::Sample).then(|| {
                         b.images
@@ -153,9 +151,9 @@ impl Stage for Extract {
                     )?)?;
                 }
             }
-            if ctx.has_consumers("stream") {
-                ctx.send(
-                    "stream",
+            if ctx.has_consumers(FEATURE_STREAM.name) {
+                ctx.send_to(
+                    &FEATURE_STREAM,
                     FeatureBatch {
                         epoch: b.epoch,
                         images: b.images.clone(),
@@ -167,7 +165,7 @@ impl Stage for Extract {
             ctx.progress().inc(b.images.len() as u64);
         }
         if train {
-            let out = ctx.output("checkpoint")?;
+            let out = ctx.output(CHECKPOINT.name)?;
             out.set_meta("bn_stats_from", "extract (train-mode pass)");
             checkpoint::save(out, &m)?;
         }

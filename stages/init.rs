@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::io::checkpoint;
+use crate::io::ports::CHECKPOINT;
 use crate::sections::PicieContext;
 use picie_core::model::weights::{self, LoadConfig, Scope};
 use picie_core::model::NetConfig;
@@ -52,7 +53,7 @@ impl Stage for Init {
         vec![]
     }
     fn outputs(_: &InitParams) -> Vec<Port> {
-        vec![Port::artifact("checkpoint", "checkpoint")]
+        vec![CHECKPOINT]
     }
     fn validate(p: &InitParams) -> Vec<ParamError> {
         let mut e = Vec::new();
@@ -97,10 +98,10 @@ impl Stage for Init {
                 report.not_loaded.len(),
                 report.skipped.len()
             );
-            let w = ctx.output("checkpoint")?;
+            let w = ctx.output(CHECKPOINT.name)?;
             w.set_meta("weights_loaded", report.loaded);
         }
-        checkpoint::save(ctx.output("checkpoint")?, &m)
+        checkpoint::save(ctx.output(CHECKPOINT.name)?, &m)
     }
 }
 

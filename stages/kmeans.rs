@@ -4,14 +4,10 @@
 //! come from the stored `features` artifact or straight from `extract`'s `stream` (minibatch
 //! only: one pass); both give the same centroids.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array, UInt64Array, UInt8Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::io::batch::FeatureBatch;
+use crate::io::ports::{CENTROIDS, FEATURES, FEATURE_STREAM, KMEANS_STATS};
 use crate::io::tables;
 use crate::sections::PicieContext;
 use picie_core::kmeans::{
@@ -53,26 +49,6 @@ impl Default for KmeansParams {
 
 pub struct KmeansStage(KmeansParams);
 
-fn stats_batch(rows: &[StatRow]) -> Result<RecordBatch, StageError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("view", DataType::UInt8, false),
-        Field::new("iteration", DataType::UInt32, false),
-        Field::new("objective", DataType::Float64, false),
-        Field::new("empty_repaired", DataType::UInt64, false),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
-        Arc::new(rows.iter().map(|r| r.iteration).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| r.objective).collect::<Float64Array>()),
-        Arc::new(
-            rows.iter()
-                .map(|r| r.empty_repaired)
-                .collect::<UInt64Array>(),
-        ),
-    ];
-    Ok(RecordBatch::try_new(schema, cols)?)
-}
-
 impl Stage for KmeansStage {
     type Params = KmeansParams;
     const KIND: &'static str = "kmeans";
@@ -81,16 +57,10 @@ impl Stage for KmeansStage {
     const DESCRIPTION: &'static str = "k-means centroids of each view's pixel features";
 
     fn inputs(_: &KmeansParams) -> Vec<Port> {
-        vec![
-            Port::artifact("features", "features").optional(),
-            Port::stream("stream", "feature_batch").optional(),
-        ]
+        vec![FEATURES.optional(), FEATURE_STREAM.port().optional()]
     }
     fn outputs(_: &KmeansParams) -> Vec<Port> {
-        vec![
-            Port::artifact("centroids", "centroids"),
-            Port::artifact("stats", "kmeans_stats"),
-        ]
+        vec![CENTROIDS, KMEANS_STATS]
     }
     fn validate(p: &KmeansParams) -> Vec<ParamError> {
         let mut e = Vec::new();
@@ -112,7 +82,10 @@ impl Stage for KmeansStage {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let (stored, streamed) = (ctx.has_input("features"), ctx.has_input("stream"));
+        let (stored, streamed) = (
+            ctx.has_input(FEATURES.name),
+            ctx.has_input(FEATURE_STREAM.name),
+        );
         if stored == streamed {
             return Err(StageError::msg(
                 "connect exactly one of `features` (the stored artifact) and `stream` (extract's stream)",
@@ -134,7 +107,7 @@ impl Stage for KmeansStage {
         let mut stats = Vec::new();
         let mut fitted: Vec<(Tensor, Vec<u64>)> = Vec::new();
         if p.mode == Mode::Lloyd {
-            let features = ctx.input("features")?.clone();
+            let features = ctx.input(FEATURES.name)?.clone();
             for view in [1u8, 2] {
                 ctx.check_cancelled()?;
                 let features = &features;
@@ -155,14 +128,14 @@ impl Stage for KmeansStage {
             let mut views =
                 [1u8, 2].map(|v| Online::new(v, &cfg, p.init_rows, p.batch_rows, device));
             if streamed {
-                while let Some(b) = ctx.recv_as::<FeatureBatch>("stream")? {
+                while let Some(b) = ctx.recv_from(&FEATURE_STREAM)? {
                     for o in &mut views {
                         let view = o.view;
                         o.push(b.rows(view), &mut stats).map_err(view_err(view))?;
                     }
                 }
             } else {
-                let features = ctx.input("features")?.clone();
+                let features = ctx.input(FEATURES.name)?.clone();
                 for o in &mut views {
                     for b in features.batches() {
                         ctx.check_cancelled()?;
@@ -180,14 +153,15 @@ impl Stage for KmeansStage {
         // One order whatever the input: by view, then iteration.
         stats.sort_by_key(|r| (r.view, r.iteration));
         for (i, (centroids, counts)) in fitted.iter().enumerate() {
-            ctx.output("centroids")?.write(&tables::centroids_batch(
+            ctx.output(CENTROIDS.name)?.write(&tables::centroids_batch(
                 i as u8 + 1,
                 centroids,
                 counts,
             )?)?;
         }
-        ctx.output("centroids")?.set_meta("k", p.k);
-        ctx.output("stats")?.write(&stats_batch(&stats)?)?;
+        ctx.output(CENTROIDS.name)?.set_meta("k", p.k);
+        ctx.output(KMEANS_STATS.name)?
+            .write(&tables::kmeans_stats_batch(&stats)?)?;
         Ok(())
     }
 }

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::batch::ViewBatch;
 use crate::io::checkpoint;
+use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, WEIGHTS};
 use crate::io::tables;
 use crate::sections::PicieContext;
 use picie_core::kmeans::label_release;
@@ -37,17 +37,10 @@ impl Stage for Label {
         "nearest-centroid pseudo-labels of both views, with cluster weights";
 
     fn inputs(_: &LabelParams) -> Vec<Port> {
-        vec![
-            Port::stream("batches", "view_batch"),
-            Port::artifact("checkpoint", "checkpoint"),
-            Port::artifact("centroids", "centroids"),
-        ]
+        vec![BATCHES.port(), CHECKPOINT, CENTROIDS]
     }
     fn outputs(_: &LabelParams) -> Vec<Port> {
-        vec![
-            Port::artifact("labels", "labels"),
-            Port::artifact("weights", "cluster_weights"),
-        ]
+        vec![LABELS, WEIGHTS]
     }
     fn new(p: LabelParams) -> Self {
         Self(p)
@@ -55,10 +48,10 @@ impl Stage for Label {
 
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let device = ctx.device().tch();
-        let m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let m = checkpoint::load(ctx.input(CHECKPOINT.name)?, device)?;
         m.channels_last();
-        let (c1, _) = tables::read_centroids(ctx.input("centroids")?, 1)?;
-        let (c2, _) = tables::read_centroids(ctx.input("centroids")?, 2)?;
+        let (c1, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, 1)?;
+        let (c2, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, 2)?;
         let (c1, c2) = (c1.to_device(device), c2.to_device(device));
         let k = c1.size()[0] as usize;
         if c1.size()[1] != m.net.dim() {
@@ -69,7 +62,7 @@ impl Stage for Label {
             )));
         }
         let mut counts = [vec![0u64; k], vec![0u64; k]];
-        while let Some(b) = ctx.recv_as::<ViewBatch>("batches")? {
+        while let Some(b) = ctx.recv_from(&BATCHES)? {
             let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, false))?;
             for (view, z, c) in [(1u8, &z1, &c1), (2, &z2, &c2)] {
                 let labels = label_release(z, c).map_err(StageError::msg)?;
@@ -80,15 +73,15 @@ impl Stage for Label {
                 for (slot, h) in counts[view as usize - 1].iter_mut().zip(hist) {
                     *slot += h as u64;
                 }
-                ctx.output("labels")?
+                ctx.output(LABELS.name)?
                     .write(&tables::labels_batch(&b.images, view, &labels, k)?)?;
             }
             ctx.progress().inc(b.images.len() as u64);
         }
-        ctx.output("labels")?.set_meta("k", k);
+        ctx.output(LABELS.name)?.set_meta("k", k);
         for (i, c) in counts.iter().enumerate() {
             let w = cluster_weights(c, self.0.weights);
-            ctx.output("weights")?
+            ctx.output(WEIGHTS.name)?
                 .write(&tables::weights_batch(i as u8 + 1, c, &w)?)?;
         }
         Ok(())

@@ -3,17 +3,14 @@
 //! L = 1/2 (L_within + L_cross) with weighted cross-entropy in PyTorch's convention.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::io::batch::ViewBatch;
 use crate::io::checkpoint::{self, AdamState};
-use crate::io::tables;
+use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, TRAIN_METRICS, WEIGHTS};
+use crate::io::tables::{self, TrainStep};
 use crate::sections::PicieContext;
 use picie_core::loss::picie_loss;
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
@@ -43,28 +40,6 @@ impl Default for TrainParams {
 }
 
 pub struct Train(TrainParams);
-
-fn metrics_batch(rows: &[(u32, u32, f64, f64, f64, f64, f64)]) -> Result<RecordBatch, StageError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("epoch", DataType::UInt32, false),
-        Field::new("step", DataType::UInt32, false),
-        Field::new("loss", DataType::Float64, false),
-        Field::new("loss_within", DataType::Float64, false),
-        Field::new("loss_cross", DataType::Float64, false),
-        Field::new("lr", DataType::Float64, false),
-        Field::new("images_per_s", DataType::Float64, false),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(rows.iter().map(|r| r.0).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| r.1).collect::<UInt32Array>()),
-        Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()),
-        Arc::new(rows.iter().map(|r| r.3).collect::<Float64Array>()),
-        Arc::new(rows.iter().map(|r| r.4).collect::<Float64Array>()),
-        Arc::new(rows.iter().map(|r| r.5).collect::<Float64Array>()),
-        Arc::new(rows.iter().map(|r| r.6).collect::<Float64Array>()),
-    ];
-    Ok(RecordBatch::try_new(schema, cols)?)
-}
 
 fn stack_labels(
     map: &HashMap<u32, Tensor>,
@@ -99,19 +74,10 @@ impl Stage for Train {
         "one epoch of PiCIE's loss with Adam: checkpoint in, checkpoint out";
 
     fn inputs(_: &TrainParams) -> Vec<Port> {
-        vec![
-            Port::stream("batches", "view_batch"),
-            Port::artifact("checkpoint", "checkpoint"),
-            Port::artifact("centroids", "centroids"),
-            Port::artifact("labels", "labels"),
-            Port::artifact("weights", "cluster_weights"),
-        ]
+        vec![BATCHES.port(), CHECKPOINT, CENTROIDS, LABELS, WEIGHTS]
     }
     fn outputs(_: &TrainParams) -> Vec<Port> {
-        vec![
-            Port::artifact("checkpoint", "checkpoint"),
-            Port::artifact("metrics", "train_metrics"),
-        ]
+        vec![CHECKPOINT, TRAIN_METRICS]
     }
     fn validate(p: &TrainParams) -> Vec<ParamError> {
         let mut e = Vec::new();
@@ -133,13 +99,13 @@ impl Stage for Train {
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
         let device = ctx.device().tch();
-        let mut m = checkpoint::load(ctx.input("checkpoint")?, device)?;
+        let mut m = checkpoint::load(ctx.input(CHECKPOINT.name)?, device)?;
         m.channels_last();
         let mut c = Vec::new();
         let mut y = Vec::new();
         let mut w = Vec::new();
         for view in [1u8, 2] {
-            let (cent, _) = tables::read_centroids(ctx.input("centroids")?, view)?;
+            let (cent, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, view)?;
             if cent.size()[1] != m.net.dim() {
                 return Err(StageError::msg(format!(
                     "centroids have dimension {}, the checkpoint's network {}",
@@ -148,7 +114,7 @@ impl Stage for Train {
                 )));
             }
             let k = cent.size()[0] as usize;
-            let weights = tables::read_weights(ctx.input("weights")?, view)?;
+            let weights = tables::read_weights(ctx.input(WEIGHTS.name)?, view)?;
             if weights.len() != k {
                 return Err(StageError::msg(format!(
                     "{} cluster weights for {k} centroids",
@@ -161,7 +127,7 @@ impl Stage for Train {
                     .to_kind(tch::Kind::Float)
                     .to_device(device),
             );
-            y.push(tables::read_labels(ctx.input("labels")?, view, k)?);
+            y.push(tables::read_labels(ctx.input(LABELS.name)?, view, k)?);
         }
         let mut adam = m.adam.take().unwrap_or_else(|| AdamState::new(&m.vs));
         let epoch = ctx.epoch().unwrap_or(0);
@@ -170,7 +136,7 @@ impl Stage for Train {
         let mut step = 0u32;
         let t0 = Instant::now();
         let mut seen = 0usize;
-        while let Some(b) = ctx.recv_as::<ViewBatch>("batches")? {
+        while let Some(b) = ctx.recv_from(&BATCHES)? {
             let (z1, z2) = b.features(&m.net, device, true)?;
             let hw = (z1.size()[2], z1.size()[3]);
             let y1 = stack_labels(&y[0], &b.images, 1, hw)?.to_device(device);
@@ -186,15 +152,15 @@ impl Stage for Train {
                 pending = 0;
             }
             step += 1;
-            rows.push((
+            rows.push(TrainStep {
                 epoch,
                 step,
-                loss.double_value(&[]),
-                within.double_value(&[]),
-                cross.double_value(&[]),
-                p.lr,
-                seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            ));
+                loss: loss.double_value(&[]),
+                loss_within: within.double_value(&[]),
+                loss_cross: cross.double_value(&[]),
+                lr: p.lr,
+                images_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            });
             ctx.progress().inc(b.images.len() as u64);
             ctx.progress()
                 .set_message(format!("loss {:.4}", loss.double_value(&[])));
@@ -210,11 +176,12 @@ impl Stage for Train {
         // No generator state to keep: every random draw in picie is a pure function of
         // (seed, epoch, image), so the seed and epoch are the whole RNG state to resume from.
         let seed = ctx.seed();
-        let out = ctx.output("checkpoint")?;
+        let out = ctx.output(CHECKPOINT.name)?;
         out.set_meta("epoch", epoch);
         out.set_meta("seed", seed);
         checkpoint::save(out, &m)?;
-        ctx.output("metrics")?.write(&metrics_batch(&rows)?)?;
+        ctx.output(TRAIN_METRICS.name)?
+            .write(&tables::train_metrics_batch(&rows)?)?;
         Ok(())
     }
 }
@@ -222,7 +189,7 @@ impl Stage for Train {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::batch::HostTensor;
+    use crate::io::batch::{HostTensor, ViewBatch};
     use picie_core::augment_params::Geometric;
     use picie_core::model::weights::{self, LoadConfig};
     use picie_core::model::NetConfig;

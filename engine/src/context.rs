@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use crate::artifact::{Artifact, ArtifactWriter};
 use crate::error::StageError;
 use crate::section::{self, Section, Sections};
+use crate::stage::StreamPort;
 
 /// One item of a stream. Any `Send + Sync` value; shared, not copied, on fan-out.
 pub type Item = Arc<dyn Any + Send + Sync>;
@@ -135,6 +136,23 @@ impl Context {
                 ))
             }),
         }
+    }
+
+    /// The next item of a typed stream input; `None` once its producer has finished.
+    pub fn recv_from<T: Any + Send + Sync>(
+        &mut self,
+        port: &StreamPort<T>,
+    ) -> Result<Option<Arc<T>>, StageError> {
+        self.recv_as::<T>(port.name)
+    }
+
+    /// Sends an item to a typed stream output (see [`Context::send`]).
+    pub fn send_to<T: Any + Send + Sync>(
+        &mut self,
+        port: &StreamPort<T>,
+        value: T,
+    ) -> Result<(), StageError> {
+        self.send(port.name, value)
     }
 
     /// The next item from whichever stream input has one (fan-in without ordering

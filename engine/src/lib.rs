@@ -34,5 +34,5 @@ pub use error::{BoxError, Error, StageError, StageFailure};
 pub use exec::{run, Decision, RunOptions, Why};
 pub use plan::Plan;
 pub use section::{Section, SectionDef, Sections};
-pub use stage::{Mode, ParamError, Port, Registry, Stage};
+pub use stage::{Mode, ParamError, Port, Registry, Stage, StreamPort};
 pub use store::Store;

@@ -57,6 +57,31 @@ impl Port {
     }
 }
 
+/// A stream port whose items are `T`. Declaring a port as a constant of this type is the
+/// one place that ties its name and type name to the Rust type sent over it: a stage that
+/// sends or receives through the constant cannot send or expect another type, and the plan
+/// checks that the two ends of an edge name the same type.
+pub struct StreamPort<T> {
+    pub name: &'static str,
+    pub ty: &'static str,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T> StreamPort<T> {
+    pub const fn new(name: &'static str, ty: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            item: PhantomData,
+        }
+    }
+
+    /// The port, for [`Stage::inputs`] and [`Stage::outputs`].
+    pub const fn port(&self) -> Port {
+        Port::stream(self.name, self.ty)
+    }
+}
+
 /// A bad parameter value, named by its field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamError {
@@ -109,6 +134,8 @@ pub trait Kind: Send + Sync {
     fn version(&self) -> u32;
     fn description(&self) -> &'static str;
     fn sections(&self) -> &'static [&'static str];
+    /// The Rust type implementing it (its module path says where its code lives).
+    fn type_name(&self) -> &'static str;
     /// Parses and validates `params:`; errors carry their YAML places.
     fn configure(
         &self,
@@ -177,6 +204,9 @@ impl<S: Stage> Kind for KindOf<S> {
     }
     fn sections(&self) -> &'static [&'static str] {
         S::SECTIONS
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<S>()
     }
 
     fn configure(

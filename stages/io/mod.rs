@@ -3,4 +3,5 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod ports;
 pub mod tables;

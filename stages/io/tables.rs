@@ -1,16 +1,21 @@
-//! Arrow schemas of picie's artifact tables and their conversions to and from tensors.
+//! Every Arrow schema of picie's artifact tables, each built from named rows or tensors
+//! and read back into them.
 //! Every table is plain Arrow (integers, floats, fixed-size lists), so Python Polars reads
 //! the Parquet files as they are.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float16Array, Float32Array, Float64Array,
-    RecordBatch, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array,
+    Float64Array, RecordBatch, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ListArray, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use tch::{Kind, Tensor};
 
+use picie_core::augment_params::AugRow;
+use picie_core::kmeans::StatRow;
+use picie_core::metrics::{Confusion, Metrics as Scores};
 use picie_engine::artifact::Artifact;
 use picie_engine::error::StageError;
 
@@ -361,4 +366,239 @@ pub fn read_weights(a: &Artifact, view: u8) -> Result<Vec<f64>, StageError> {
     }
     rows.sort_by_key(|r| r.0);
     Ok(rows.into_iter().map(|r| r.1).collect())
+}
+
+/// The `aug_params` table: one row per image, epoch and view.
+pub fn aug_params_batch(rows: &[AugRow]) -> Result<RecordBatch, StageError> {
+    let f = |name: &str, ty: DataType, nullable: bool| Field::new(name, ty, nullable);
+    let schema = Arc::new(Schema::new(vec![
+        f("image", DataType::UInt64, false),
+        f("epoch", DataType::UInt32, false),
+        f("view", DataType::UInt8, false),
+        f("crop_frac", DataType::Float32, false),
+        f("u_x", DataType::Float32, false),
+        f("u_y", DataType::Float32, false),
+        f("flip", DataType::Boolean, false),
+        f("brightness", DataType::Float32, true),
+        f("contrast", DataType::Float32, true),
+        f("saturation", DataType::Float32, true),
+        f("hue", DataType::Float32, true),
+        f("grayscale", DataType::Boolean, false),
+        f("blur_radius", DataType::Float32, true),
+    ]));
+    let opt = |g: fn(&AugRow) -> Option<f32>| -> ArrayRef {
+        Arc::new(rows.iter().map(g).collect::<Float32Array>())
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.image).collect::<UInt64Array>()),
+        Arc::new(rows.iter().map(|r| r.epoch).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
+        Arc::new(rows.iter().map(|r| r.crop_frac).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| r.u_x).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| r.u_y).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| Some(r.flip)).collect::<BooleanArray>()),
+        opt(|r| r.brightness),
+        opt(|r| r.contrast),
+        opt(|r| r.saturation),
+        opt(|r| r.hue),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.grayscale))
+                .collect::<BooleanArray>(),
+        ),
+        opt(|r| r.blur_radius),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// The `kmeans_stats` table: objective per Lloyd iteration or online update, per view.
+pub fn kmeans_stats_batch(rows: &[StatRow]) -> Result<RecordBatch, StageError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view", DataType::UInt8, false),
+        Field::new("iteration", DataType::UInt32, false),
+        Field::new("objective", DataType::Float64, false),
+        Field::new("empty_repaired", DataType::UInt64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.view).collect::<UInt8Array>()),
+        Arc::new(rows.iter().map(|r| r.iteration).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.objective).collect::<Float64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.empty_repaired)
+                .collect::<UInt64Array>(),
+        ),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// One optimizer step's figures: a row of the `train_metrics` table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainStep {
+    pub epoch: u32,
+    pub step: u32,
+    pub loss: f64,
+    pub loss_within: f64,
+    pub loss_cross: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+}
+
+/// The `train_metrics` table.
+pub fn train_metrics_batch(rows: &[TrainStep]) -> Result<RecordBatch, StageError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("step", DataType::UInt32, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("loss_within", DataType::Float64, false),
+        Field::new("loss_cross", DataType::Float64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("images_per_s", DataType::Float64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.epoch).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.step).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.loss).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.loss_within).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.loss_cross).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.lr).collect::<Float64Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.images_per_s)
+                .collect::<Float64Array>(),
+        ),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// The `metrics` table: one row per evaluated epoch.
+pub fn metrics_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("predictor", DataType::Utf8, false),
+        Field::new("k", DataType::UInt32, false),
+        Field::new("pixel_accuracy", DataType::Float64, false),
+        Field::new("miou", DataType::Float64, false),
+        Field::new("thing_miou", DataType::Float64, true),
+        Field::new("stuff_miou", DataType::Float64, true),
+        Field::new("valid_pixels", DataType::UInt64, false),
+        // BatchNorm of the fresh k-means pass (train | eval); null for dot_product.
+        Field::new("kmeans_bn", DataType::Utf8, true),
+        Field::new(
+            "per_class_iou",
+            DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
+            false,
+        ),
+    ]))
+}
+
+/// One evaluated epoch: a row of the `metrics` table.
+pub struct EpochMetrics<'a> {
+    pub epoch: u32,
+    /// `nearest_centroid` or `dot_product_viewN`.
+    pub predictor: &'a str,
+    pub k: u32,
+    pub scores: &'a Scores,
+    /// BatchNorm of the fresh k-means pass (`train` | `eval`); `None` for dot_product.
+    pub kmeans_bn: Option<&'a str>,
+}
+
+/// The `metrics` table's row for one epoch.
+pub fn metrics_batch(m: &EpochMetrics) -> Result<RecordBatch, StageError> {
+    let s = m.scores;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(vec![m.epoch])),
+        Arc::new(StringArray::from(vec![m.predictor])),
+        Arc::new(UInt32Array::from(vec![m.k])),
+        Arc::new(Float64Array::from(vec![s.pixel_accuracy])),
+        Arc::new(Float64Array::from(vec![s.miou])),
+        Arc::new(Float64Array::from(vec![s.thing_miou])),
+        Arc::new(Float64Array::from(vec![s.stuff_miou])),
+        Arc::new(UInt64Array::from(vec![s.valid_pixels])),
+        Arc::new(StringArray::from(vec![m.kmeans_bn])),
+        Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(s.per_class_iou.iter().map(|v| Some(*v)).collect::<Vec<_>>()),
+        ])),
+    ];
+    Ok(RecordBatch::try_new(metrics_schema(), cols)?)
+}
+
+/// A history batch in this version's metrics schema: columns it lacks (tables written before
+/// they existed) are null, so one table holds every epoch.
+pub fn with_metrics_schema(b: &RecordBatch) -> Result<RecordBatch, StageError> {
+    let schema = metrics_schema();
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match b.column_by_name(f.name()) {
+            Some(c) => Ok(c.clone()),
+            None if f.is_nullable() => {
+                Ok(arrow::array::new_null_array(f.data_type(), b.num_rows()))
+            }
+            None => Err(StageError::msg(format!(
+                "the `history` metrics lack the column `{}`",
+                f.name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// The `confusion` table: pixels per (class, cluster), every pair, zeros included.
+pub fn confusion_batch(conf: &Confusion) -> Result<RecordBatch, StageError> {
+    let (classes, k) = (conf.classes(), conf.clusters());
+    let mut gt = Vec::with_capacity(classes * k);
+    let mut cl = Vec::with_capacity(classes * k);
+    let mut count = Vec::with_capacity(classes * k);
+    for g in 0..classes {
+        for c in 0..k {
+            gt.push(g as u32);
+            cl.push(c as u32);
+            count.push(conf.get(g, c).unwrap_or(0));
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("class", DataType::UInt32, false),
+        Field::new("cluster", DataType::UInt32, false),
+        Field::new("pixels", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(UInt32Array::from(gt)) as ArrayRef,
+            Arc::new(UInt32Array::from(cl)),
+            Arc::new(UInt64Array::from(count)),
+        ],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history table written before `kmeans_bn` existed joins this version's table with
+    /// nulls there; one lacking a required column is a named error.
+    #[test]
+    fn history_without_new_columns_gets_nulls() {
+        // An empty metrics batch without the named columns.
+        let without = |drop: &[&str]| {
+            let fields: Vec<_> = metrics_schema()
+                .fields()
+                .iter()
+                .filter(|f| !drop.contains(&f.name().as_str()))
+                .cloned()
+                .collect();
+            let cols: Vec<ArrayRef> = fields
+                .iter()
+                .map(|f| arrow::array::new_empty_array(f.data_type()))
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+        };
+        let out = with_metrics_schema(&without(&["kmeans_bn"])).unwrap();
+        assert_eq!(out.schema(), metrics_schema());
+        let e = with_metrics_schema(&without(&["kmeans_bn", "miou"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`miou`"), "{e}");
+    }
 }

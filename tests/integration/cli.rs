@@ -197,3 +197,20 @@ fn the_binary_finds_libtorch_itself_and_keeps_cuda_linked() {
     assert!(t.contains("[libtorch_cuda.so]"), "{t}");
     assert!(t.contains("RUNPATH") || t.contains("RPATH"), "{t}");
 }
+
+#[test]
+fn kinds_say_where_each_kind_lives_and_what_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = picie(dir.path(), &["kinds"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for kind in ["augment", "evaluate", "extract", "init", "kmeans", "label", "train"] {
+        assert!(
+            t.contains(&format!("    code stages/{kind}.rs (picie_stages::{kind}::")),
+            "{kind}: {t}"
+        );
+    }
+    assert_eq!(t.matches("    reads dataset").count(), 2, "{t}");
+    assert!(t.contains("top-level sections: device:"), "{t}");
+    assert!(t.contains("dataset: (the data set, keyed into kinds that read it)"), "{t}");
+}

@@ -1,0 +1,35 @@
+//! Every port of picie's stage kinds, declared once: its name, its type name, and for
+//! streams the Rust type of its items. Stages declare, read and write through these
+//! constants, never through string literals.
+
+use picie_engine::{Port, StreamPort};
+
+use super::batch::{FeatureBatch, ViewBatch};
+
+/// Both augmented views of a batch of training images (`augment` -> extract/label/train).
+pub const BATCHES: StreamPort<ViewBatch> = StreamPort::new("batches", "view_batch");
+/// Pixel features of both views, as they are extracted (`extract` -> `kmeans`).
+pub const FEATURE_STREAM: StreamPort<FeatureBatch> = StreamPort::new("stream", "feature_batch");
+
+/// The network's weights (and optimizer state): `init`, `extract`, `train`, `evaluate`.
+pub const CHECKPOINT: Port = Port::artifact("checkpoint", "checkpoint");
+/// The random parameters of every augmentation draw (`augment`).
+pub const AUG_PARAMS: Port = Port::artifact("params", "aug_params");
+/// Stored pixel features of both views (`extract`).
+pub const FEATURES: Port = Port::artifact("features", "features");
+/// Centroids and counts per view (`kmeans`, `evaluate`).
+pub const CENTROIDS: Port = Port::artifact("centroids", "centroids");
+/// k-means progress: objective per iteration or update (`kmeans`).
+pub const KMEANS_STATS: Port = Port::artifact("stats", "kmeans_stats");
+/// Pseudo-labels of both views (`label`).
+pub const LABELS: Port = Port::artifact("labels", "labels");
+/// Loss weights per cluster (`label`).
+pub const WEIGHTS: Port = Port::artifact("weights", "cluster_weights");
+/// Loss per step (`train`).
+pub const TRAIN_METRICS: Port = Port::artifact("metrics", "train_metrics");
+/// mIoU and accuracy per epoch, with the history before (`evaluate`).
+pub const METRICS: Port = Port::artifact("metrics", "metrics");
+/// The previous epoch's `metrics`, read by `evaluate`.
+pub const HISTORY: Port = Port::artifact("history", "metrics");
+/// The confusion matrix (`evaluate`).
+pub const CONFUSION: Port = Port::artifact("confusion", "confusion");
