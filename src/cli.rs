@@ -361,7 +361,11 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 .sections()
                 .iter()
                 .map(|d| {
-                    let scope = if d.global { "every kind" } else { "kinds that read it" };
+                    let scope = if d.global {
+                        "every kind"
+                    } else {
+                        "kinds that read it"
+                    };
                     format!("{}: ({}, keyed into {scope})", d.name, d.what)
                 })
                 .collect();

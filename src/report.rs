@@ -218,15 +218,10 @@ fn predict(
     let device = tch::Device::Cpu;
     let m = crate::checkpoint::load(&ckpt, device)?;
     m.channels_last();
-    if centroids.size()[1] != m.net.dim() {
-        return Err(AnalysisError::Other(format!(
-            "centroids of `{}` have dimension {}, the checkpoint's features {}",
-            eval.name,
-            centroids.size()[1],
-            m.net.dim()
-        )));
-    }
-    let k = centroids.size()[0] as usize;
+    let k = m
+        .net
+        .check_centroids(&centroids)
+        .map_err(|e| AnalysisError::Other(format!("`{}`: {e}", eval.name)))?;
     let predictor = if dot_product {
         Predictor::DotProduct
     } else {

@@ -85,7 +85,7 @@ impl Stage for Augment {
 
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = self.0.clone();
-        let ds = ctx.dataset()?.open(Split::Train).map_err(StageError::msg)?;
+        let ds = ctx.dataset()?.open(Split::Train)?;
         let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
         let epoch = ctx.epoch().unwrap_or(0);
         let seed = ctx.seed();
@@ -95,13 +95,12 @@ impl Stage for Augment {
             ctx.check_cancelled()?;
             let ds = ds.as_ref();
             let made = preprocess::par_map(chunk, p.threads, |&i| -> Result<_, StageError> {
-                let img = ds.image(i).map_err(StageError::msg)?;
+                let img = ds.image(i)?;
                 let base = preprocess::train_image(&img, p.size)
-                    .map_err(|e| StageError::msg(format!("{}: {e}", ds.id(i))))?;
+                    .map_err(|e| StageError::context(ds.id(i), e))?;
                 let aug = augment_params::draw(&p.random, seed, epoch, i as u64);
-                let v1 =
-                    views::view1_tensor_release(&base, &aug, p.res).map_err(StageError::msg)?;
-                let [_, v2] = views::train_views(&base, &aug, p.res).map_err(StageError::msg)?;
+                let v1 = views::view1_tensor_release(&base, &aug, p.res)?;
+                let [_, v2] = views::train_views(&base, &aug, p.res)?;
                 let v1 = HostTensor::from_tensor(&v1.unsqueeze(0))?;
                 let v2 =
                     HostTensor::from_tensor(&geometric::to_tensor_normalised(&v2).unsqueeze(0))?;

@@ -177,7 +177,7 @@ impl Stage for Evaluate {
         let bn = p.kmeans_bn();
         let train_bn = bn == Some(BnMode::Train);
         let data = ctx.dataset()?.clone();
-        let val = data.open(Split::Val).map_err(StageError::msg)?;
+        let val = data.open(Split::Val)?;
         let classes = val.classes().len();
         // dot_product predicts with the training centroids, so their count is k.
         let trained = match p.predictor {
@@ -215,7 +215,7 @@ impl Stage for Evaluate {
         let (centroids, counts) = match trained {
             Some(c) => c,
             None => {
-                let train = data.open(Split::Train).map_err(StageError::msg)?;
+                let train = data.open(Split::Train)?;
                 let n = p.train_limit.map_or(train.len(), |l| l.min(train.len()));
                 let cfg = KmeansConfig {
                     k,
@@ -237,8 +237,7 @@ impl Stage for Evaluate {
                 for chunk in ids.chunks(p.batch) {
                     ctx.check_cancelled()?;
                     let x = load_images(train.as_ref(), chunk, p.res, p.threads)?;
-                    let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))
-                        .map_err(StageError::msg)?;
+                    let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?;
                     let d = z.size()[1];
                     let rows = z.permute([0, 2, 3, 1]).reshape([-1, d]);
                     match online.as_mut() {
@@ -257,8 +256,7 @@ impl Stage for Evaluate {
                             },
                             &cfg,
                             device,
-                        )
-                        .map_err(StageError::msg)?;
+                        )?;
                         (
                             fit.kmeans.centroids().shallow_clone(),
                             fit.kmeans.counts().to_vec(),
@@ -267,13 +265,7 @@ impl Stage for Evaluate {
                 }
             }
         };
-        if centroids.size()[1] != m.net.dim() {
-            return Err(StageError::msg(format!(
-                "centroids have dimension {}, the network's features {}",
-                centroids.size()[1],
-                m.net.dim()
-            )));
-        }
+        m.net.check_centroids(&centroids)?;
         let c_out = ctx.output(CENTROIDS.name)?;
         c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
         c_out.set_meta("k", counts.len());
@@ -286,14 +278,14 @@ impl Stage for Evaluate {
         }
 
         let n = p.val_limit.map_or(val.len(), |l| l.min(val.len()));
-        let mut conf = Confusion::new(classes, k).map_err(StageError::msg)?;
+        let mut conf = Confusion::new(classes, k)?;
         let mut cluster_px = vec![0u64; k];
         let ids: Vec<usize> = (0..n).collect();
         ctx.progress().set_length(n as u64);
         for chunk in ids.chunks(p.batch) {
             ctx.check_cancelled()?;
             let loaded = preprocess::par_map(chunk, p.threads, |&i| {
-                preprocess::load_eval(val.as_ref(), i, p.res).map_err(StageError::msg)
+                preprocess::load_eval(val.as_ref(), i, p.res).map_err(StageError::from)
             });
             let mut imgs = Vec::new();
             let mut masks = Vec::new();
@@ -304,7 +296,7 @@ impl Stage for Evaluate {
             }
             let x = Tensor::stack(&imgs, 0).to_device(device);
             let pred = tch::no_grad(|| -> Result<Tensor, StageError> {
-                let z = m.net.forward_t(&x, false).map_err(StageError::msg)?;
+                let z = m.net.forward_t(&x, false)?;
                 let pred = predict(&z, &centroids, p.predictor, p.res as i64);
                 Ok(pred.to_device(tch::Device::Cpu))
             })?;
@@ -320,7 +312,7 @@ impl Stage for Evaluate {
                 }
                 if let Some(mask) = mask {
                     conf.add(&mask.data, &px, Some(ignore))
-                        .map_err(|e| StageError::msg(format!("{}: {e}", val.id(chunk[j]))))?;
+                        .map_err(|e| StageError::context(val.id(chunk[j]), e))?;
                 }
             }
             ctx.progress().inc(chunk.len() as u64);
@@ -346,8 +338,7 @@ impl Stage for Evaluate {
             MatchingParam::Hungarian => Matching::Hungarian,
             MatchingParam::Majority => Matching::Majority,
         };
-        let (mt, _assign) =
-            metrics::evaluate(&conf, matching, is_thing.as_deref()).map_err(StageError::msg)?;
+        let (mt, _assign) = metrics::evaluate(&conf, matching, is_thing.as_deref())?;
         let predictor = match p.predictor {
             Predictor::NearestCentroid => "nearest_centroid".to_string(),
             Predictor::DotProduct => format!("dot_product_view{}", p.view),
@@ -392,7 +383,7 @@ fn load_images(
     let imgs = preprocess::par_map(ids, threads, |&i| {
         preprocess::load_eval(ds, i, res)
             .map(|(img, _)| to_tensor_normalised(&img))
-            .map_err(StageError::msg)
+            .map_err(StageError::from)
     });
     let imgs: Vec<Tensor> = imgs.into_iter().collect::<Result<_, _>>()?;
     Ok(Tensor::stack(&imgs, 0))

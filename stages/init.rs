@@ -89,7 +89,7 @@ impl Stage for Init {
                 WeightsScope::BackboneOnly => Scope::BackboneOnly,
             };
             let report = weights::load(&m.vs, &path, &LoadConfig { scope })
-                .map_err(|e| StageError::msg(format!("`weights`: {e}")))?;
+                .map_err(|e| StageError::context("`weights`", e))?;
             info!(
                 "init: {} variables from {} ({:?} layout); kept random: {}; skipped in the file: {}",
                 report.loaded,

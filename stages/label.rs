@@ -53,19 +53,18 @@ impl Stage for Label {
         let (c1, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, 1)?;
         let (c2, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, 2)?;
         let (c1, c2) = (c1.to_device(device), c2.to_device(device));
-        let k = c1.size()[0] as usize;
-        if c1.size()[1] != m.net.dim() {
+        let k = m.net.check_centroids(&c1)?;
+        if m.net.check_centroids(&c2)? != k {
             return Err(StageError::msg(format!(
-                "centroids have dimension {}, the network's features {}",
-                c1.size()[1],
-                m.net.dim()
+                "view 2 has {} centroids, view 1 {k}",
+                c2.size()[0]
             )));
         }
         let mut counts = [vec![0u64; k], vec![0u64; k]];
         while let Some(b) = ctx.recv_from(&BATCHES)? {
             let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, false))?;
             for (view, z, c) in [(1u8, &z1, &c1), (2, &z2, &c2)] {
-                let labels = label_release(z, c).map_err(StageError::msg)?;
+                let labels = label_release(z, c)?;
                 let hist = labels
                     .flatten(0, -1)
                     .bincount::<tch::Tensor>(None, k as i64);

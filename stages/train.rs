@@ -106,14 +106,7 @@ impl Stage for Train {
         let mut w = Vec::new();
         for view in [1u8, 2] {
             let (cent, _) = tables::read_centroids(ctx.input(CENTROIDS.name)?, view)?;
-            if cent.size()[1] != m.net.dim() {
-                return Err(StageError::msg(format!(
-                    "centroids have dimension {}, the checkpoint's network {}",
-                    cent.size()[1],
-                    m.net.dim()
-                )));
-            }
-            let k = cent.size()[0] as usize;
+            let k = m.net.check_centroids(&cent)?;
             let weights = tables::read_weights(ctx.input(WEIGHTS.name)?, view)?;
             if weights.len() != k {
                 return Err(StageError::msg(format!(

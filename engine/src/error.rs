@@ -167,3 +167,27 @@ impl From<StageError> for anyhow::Error {
         anyhow::Error::new(StageFailure(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_stage_error_keeps_its_cause() {
+        let e: StageError = Outer(std::io::Error::other("disk on fire")).into();
+        assert!(e.downcast_ref::<Outer>().is_some());
+        assert_eq!(e.to_string(), "outer: disk on fire");
+        let c = StageError::context("reading x.png", Outer(std::io::Error::other("gone")));
+        assert_eq!(c.to_string(), "reading x.png: outer: gone");
+        assert!(c.downcast_ref::<Outer>().is_some());
+        // As a std error (anyhow at the CLI edge), the chain is still there.
+        let a: anyhow::Error = c.into();
+        assert_eq!(a.chain().count(), 3, "{a:#}");
+        assert!(!StageError::msg("x").is_secondary());
+        assert!(StageError::Cancelled.is_secondary());
+    }
+}

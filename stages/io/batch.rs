@@ -49,14 +49,9 @@ impl ViewBatch {
         device: tch::Device,
         train: bool,
     ) -> Result<(Tensor, Tensor), StageError> {
-        let z1 = net
-            .forward_t(&self.view1.to_device(device), train)
-            .map_err(StageError::msg)?;
-        let z2 = net
-            .forward_t(&self.view2.to_device(device), train)
-            .map_err(StageError::msg)?;
-        let z2 = picie_core::transforms::equivariance::apply(&z2, &self.geometric)
-            .map_err(StageError::msg)?;
+        let z1 = net.forward_t(&self.view1.to_device(device), train)?;
+        let z2 = net.forward_t(&self.view2.to_device(device), train)?;
+        let z2 = picie_core::transforms::equivariance::apply(&z2, &self.geometric)?;
         Ok((z1, z2))
     }
 }

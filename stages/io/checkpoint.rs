@@ -60,7 +60,7 @@ fn build_unlocked(spec: &NetConfig, device: tch::Device) -> Result<Loaded, Stage
 
 pub fn save(w: &mut ArtifactWriter, m: &Loaded) -> Result<(), StageError> {
     let path = w.file_path("model.safetensors")?;
-    weights::save(&m.vs, &path).map_err(StageError::msg)?;
+    weights::save(&m.vs, &path)?;
     w.set_meta(
         "model",
         serde_json::to_value(m.spec).expect("spec serialises"),
@@ -103,14 +103,13 @@ pub fn load(a: &Artifact, device: tch::Device) -> Result<Loaded, StageError> {
                 a.key()
             ))
         })
-        .and_then(|v| serde_json::from_value(v).map_err(StageError::msg))?;
+        .and_then(|v| serde_json::from_value(v).map_err(StageError::from))?;
     let mut m = build(&spec, device)?;
     weights::load(
         &m.vs,
         a.file("model.safetensors")?,
         &LoadConfig { scope: Scope::Full },
-    )
-    .map_err(StageError::msg)?;
+    )?;
     if a.manifest
         .files
         .iter()

@@ -204,13 +204,20 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
     let o = picie(dir.path(), &["kinds"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    for kind in ["augment", "evaluate", "extract", "init", "kmeans", "label", "train"] {
+    for kind in [
+        "augment", "evaluate", "extract", "init", "kmeans", "label", "train",
+    ] {
         assert!(
-            t.contains(&format!("    code stages/{kind}.rs (picie_stages::{kind}::")),
+            t.contains(&format!(
+                "    code stages/{kind}.rs (picie_stages::{kind}::"
+            )),
             "{kind}: {t}"
         );
     }
     assert_eq!(t.matches("    reads dataset").count(), 2, "{t}");
     assert!(t.contains("top-level sections: device:"), "{t}");
-    assert!(t.contains("dataset: (the data set, keyed into kinds that read it)"), "{t}");
+    assert!(
+        t.contains("dataset: (the data set, keyed into kinds that read it)"),
+        "{t}"
+    );
 }

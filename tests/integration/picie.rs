@@ -155,7 +155,7 @@ fn centroids_of_the_wrong_dimension_stop_label_before_any_work() {
         f.run(yaml).err().unwrap_or_else(|| panic!("label ran"))
     );
     assert!(
-        msg.contains("label") && msg.contains("dimension 8"),
+        msg.contains("label") && msg.contains("shape [3, 8] do not fit the network's 128-channel"),
         "{msg}"
     );
     let plan = f.plan(yaml).unwrap();
@@ -214,7 +214,11 @@ fn train_refuses_mismatched_inputs_and_writes_nothing() {
         .concat()
     };
     for (centroids, res, expect) in [
-        ("km8", 32, "centroids have dimension 8"),
+        (
+            "km8",
+            32,
+            "centroids of shape [3, 8] do not fit the network's 128-channel features",
+        ),
         ("km", 48, "labels and images do not match"),
     ] {
         let f = fixture();

@@ -47,6 +47,8 @@ pub enum ModelError {
     BadInput { shape: Vec<i64>, reason: String },
     #[error("invalid network configuration: {0}")]
     Config(String),
+    #[error("centroids of shape {shape:?} do not fit the network's {dim}-channel features (K x {dim} expected)")]
+    Centroids { shape: Vec<i64>, dim: i64 },
     #[error("weights from {source_name} do not fit the network:{mismatch}")]
     Checkpoint {
         /// The file (or "in-memory tensors").
@@ -196,6 +198,18 @@ impl PicieNet {
         self.decoder.dim()
     }
 
+    /// The one check of centroids against this network: K x D with D its feature channels.
+    /// Returns K.
+    pub fn check_centroids(&self, centroids: &Tensor) -> Result<usize, ModelError> {
+        match centroids.size().as_slice() {
+            &[k, d] if d == self.dim() && k > 0 => Ok(k as usize),
+            shape => Err(ModelError::Centroids {
+                shape: shape.to_vec(),
+                dim: self.dim(),
+            }),
+        }
+    }
+
     /// Checks that `x` is an N x 3 x H x W floating-point batch on the weights' device and
     /// of their dtype, so that misuse gets a message naming the shape instead of a deep
     /// libtorch error.
@@ -278,6 +292,23 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let net = PicieNet::new(&vs.root(), cfg).unwrap();
         (vs, net)
+    }
+
+    #[test]
+    fn centroids_are_checked_against_the_feature_channels() {
+        let (_vs, n) = net(&NetConfig {
+            dim: Some(8),
+            ..Default::default()
+        });
+        let c = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        assert_eq!(n.check_centroids(&c(&[5, 8])).unwrap(), 5);
+        for bad in [&[5i64, 7][..], &[0, 8], &[8]] {
+            let e = n.check_centroids(&c(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("do not fit the network's 8-channel features"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
