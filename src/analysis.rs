@@ -572,9 +572,69 @@ pub fn metric_rows(metrics: &DataFrame) -> Result<Vec<(u32, f64, f64)>, Analysis
         .collect())
 }
 
+/// Widest line of the run summary: it must fit a terminal without Polars eliding columns.
+pub const SUMMARY_WIDTH: usize = 100;
+
+/// The run summary that `picie run` and `picie inspect` print: one row per evaluated epoch
+/// (epoch, mIoU, pixel accuracy, k, predictor, BatchNorm of the fresh k-means pass), no line
+/// wider than [`SUMMARY_WIDTH`]. With `per_class`, each epoch's per-class IoU follows its
+/// row, wrapped.
+pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, AnalysisError> {
+    use std::fmt::Write;
+    let epoch = metrics.column("epoch")?.u32()?;
+    let miou = metrics.column("miou")?.f64()?;
+    let acc = metrics.column("pixel_accuracy")?.f64()?;
+    let k = metrics.column("k")?.u32()?;
+    let predictor = metrics.column("predictor")?.str()?;
+    let bn = metrics.column("kmeans_bn").ok().and_then(|c| c.str().ok());
+    let ious = metrics
+        .column("per_class_iou")
+        .ok()
+        .and_then(|c| c.list().ok());
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  k-means BN",
+        "epoch", "mIoU", "accuracy", "k", "predictor"
+    );
+    for i in 0..metrics.height() {
+        let _ = writeln!(
+            s,
+            "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  {}",
+            epoch.get(i).map_or_else(|| "-".into(), |e| e.to_string()),
+            num(miou.get(i)),
+            num(acc.get(i)),
+            k.get(i).map_or_else(|| "-".into(), |k| k.to_string()),
+            predictor.get(i).unwrap_or("-"),
+            bn.and_then(|b| b.get(i)).unwrap_or("-"),
+        );
+        if !per_class {
+            continue;
+        }
+        let values: Vec<String> = ious
+            .and_then(|l| l.get_as_series(i))
+            .and_then(|v| v.f64().ok().map(|v| v.iter().map(num).collect()))
+            .unwrap_or_default();
+        let indent = "       IoU per class:";
+        let mut line = indent.to_string();
+        for v in values {
+            if line.len() + 1 + v.len() > SUMMARY_WIDTH {
+                let _ = writeln!(s, "{line}");
+                line = " ".repeat(indent.len());
+            }
+            line.push(' ');
+            line.push_str(&v);
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    Ok(s)
+}
+
 /// The text `picie inspect RUN` prints. Sections whose artifacts are absent (a failed or
-/// partial run) say why instead of failing the whole summary.
-pub fn inspect(store_dir: &Path, run: &str) -> Result<String, AnalysisError> {
+/// partial run) say why instead of failing the whole summary. `per_class` adds each epoch's
+/// per-class IoU to the metrics (`-v`).
+pub fn inspect(store_dir: &Path, run: &str, per_class: bool) -> Result<String, AnalysisError> {
     use std::fmt::Write;
     let r = Run::open(store_dir, run)?;
     let rec = &r.record;
@@ -606,11 +666,7 @@ pub fn inspect(store_dir: &Path, run: &str) -> Result<String, AnalysisError> {
     let _ = writeln!(s, "\nevaluation metrics:");
     match r.metrics() {
         Ok(df) => {
-            for (e, acc, miou) in metric_rows(&df).unwrap_or_default() {
-                let _ = writeln!(s, "  epoch {e}: mIoU {miou:.2}, pixel accuracy {acc:.2}");
-            }
-            let df = df.drop("per_class_iou").unwrap_or(df);
-            let _ = writeln!(s, "{df}");
+            let _ = write!(s, "{}", summary_table(&df, per_class)?);
         }
         Err(e) => {
             let _ = writeln!(s, "  (none: {e})");

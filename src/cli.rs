@@ -204,10 +204,11 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 .count();
             if !cli.quiet {
                 // The evaluation metrics of every epoch, when the pipeline evaluates.
-                if let Ok(df) = crate::analysis::Run::open(&plan.spec.store, &plan.spec.name)
+                if let Ok(table) = crate::analysis::Run::open(&plan.spec.store, &plan.spec.name)
                     .and_then(|r| r.metrics())
+                    .and_then(|df| crate::analysis::summary_table(&df, cli.verbose > 0))
                 {
-                    println!("{df}");
+                    print!("{table}");
                 }
                 println!(
                     "run `{}` finished in {:.2}s: {ran} stage(s) ran, {cached} cached; record {}",
@@ -316,7 +317,10 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             action: WeightsAction::Import { input, output },
         } => import_weights(&input, &output),
         Command::Inspect { run, store } => {
-            print!("{}", crate::analysis::inspect(&store.store, &run)?);
+            print!(
+                "{}",
+                crate::analysis::inspect(&store.store, &run, cli.verbose > 0)?
+            );
             Ok(())
         }
         Command::Report {

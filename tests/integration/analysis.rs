@@ -200,13 +200,40 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
     }
 
     // inspect: the summary and every epoch's scores as printed numbers.
-    let text = inspect(&store_dir, "tiny2").unwrap();
+    let text = inspect(&store_dir, "tiny2", false).unwrap();
     assert!(text.contains("run tiny2: ok"), "{text}");
     assert!(text.contains("ran"), "{text}");
     let miou = f64s(&m, "miou");
+    let acc = f64s(&m, "pixel_accuracy");
     for (e, v) in miou.iter().enumerate() {
-        let line = format!("epoch {e}: mIoU {v:.2}");
-        assert!(text.contains(&line), "{line} in\n{text}");
+        // The summary row of epoch e: epoch, mIoU, pixel accuracy, k, predictor, BN mode.
+        let want = [
+            e.to_string(),
+            format!("{v:.2}"),
+            format!("{:.2}", acc[e]),
+            K.to_string(),
+            "nearest_centroid".into(),
+            "train".into(),
+        ];
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == want),
+            "{want:?} in\n{text}"
+        );
+    }
+    assert!(!text.contains("IoU per class"), "{text}");
+    let verbose = inspect(&store_dir, "tiny2", true).unwrap();
+    assert_eq!(
+        verbose.matches("IoU per class:").count(),
+        miou.len(),
+        "{verbose}"
+    );
+    for l in text.lines().chain(verbose.lines()) {
+        assert!(
+            l.chars().count() <= picie::analysis::SUMMARY_WIDTH,
+            "{} columns: {l}",
+            l.chars().count()
+        );
     }
     for section in [
         "train loss per epoch",
@@ -286,7 +313,7 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
     let e = run.cluster_sizes().unwrap_err();
     assert!(matches!(e, AnalysisError::Missing { .. }), "{e}");
     assert!(e.to_string().contains(&key), "{e}");
-    let text = inspect(&store_dir, "tiny2").unwrap();
+    let text = inspect(&store_dir, "tiny2", false).unwrap();
     assert!(text.contains("cluster sizes: (none:"), "{text}");
 }
 
@@ -298,7 +325,7 @@ fn bad_store_and_unknown_run_are_clear_errors() {
     assert!(e.to_string().contains("not a picie artifact store"), "{e}");
     // Opening must not have turned the folder into a store.
     assert!(!dir.path().join("objects").exists());
-    assert!(inspect(&dir.path().join("missing"), "x").is_err());
+    assert!(inspect(&dir.path().join("missing"), "x", false).is_err());
 
     let store_dir = dir.path().join("store");
     picie::Store::open(&store_dir).unwrap();

@@ -42,8 +42,35 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     let t = text(&run);
     assert!(t.contains("mIoU"), "{t}");
     assert!(t.contains("stage(s) ran, 0 cached"), "{t}");
-    // The metrics of every epoch (0 and 1) are printed as a table at the end.
-    assert!(t.contains("shape: (2, 10)"), "{t}");
+    // The metrics of every epoch (0 and 1) are printed at the end, within 100 columns.
+    let header = t
+        .lines()
+        .position(|l| {
+            l.split_whitespace()
+                .take(4)
+                .eq(["epoch", "mIoU", "accuracy", "k"])
+        })
+        .unwrap_or_else(|| panic!("no summary header in {t}"));
+    let rows: Vec<&str> = t.lines().skip(header + 1).take(2).collect();
+    for (e, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row.split_whitespace().next(),
+            Some(e.to_string().as_str()),
+            "{t}"
+        );
+    }
+    assert!(!t.contains("shape: ("), "{t}");
+    let table = t.lines().skip(header).take(3);
+    assert!(table.clone().all(|l| l.chars().count() <= 100), "{t}");
+    // Per-class IoU only with -v.
+    assert!(!t.contains("IoU per class"), "{t}");
+    let verbose = picie(dir.path(), &["run", "p.yaml", "-v"]);
+    assert_eq!(
+        text(&verbose).matches("IoU per class:").count(),
+        2,
+        "{}",
+        text(&verbose)
+    );
 
     let again = picie(dir.path(), &["run", "p.yaml"]);
     assert!(again.status.success(), "{}", text(&again));
