@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -68,7 +68,7 @@ pub const DEFAULT_PART_ROWS: usize = 1 << 20;
 
 enum TableWriter {
     Parquet(ArrowWriter<File>),
-    Ipc(arrow::ipc::writer::FileWriter<BufWriter<File>>),
+    Ipc(arrow_ipc::writer::FileWriter<BufWriter<File>>),
 }
 
 /// Writes one artifact output into a private temporary folder; the engine commits it
@@ -190,7 +190,7 @@ impl ArtifactWriter {
         let path = self.dir.join(&name);
         let file = File::create(&path).map_err(|e| StageError::io(&path, e))?;
         let w = match self.format {
-            Format::Ipc => TableWriter::Ipc(arrow::ipc::writer::FileWriter::try_new(
+            Format::Ipc => TableWriter::Ipc(arrow_ipc::writer::FileWriter::try_new(
                 BufWriter::new(file),
                 &schema,
             )?),
@@ -317,7 +317,7 @@ fn open_table(path: &Path, format: Format) -> Result<BatchIter, StageError> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;
     Ok(match format {
         Format::Ipc => Box::new(
-            arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?
+            arrow_ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?
                 .map(|b| b.map_err(StageError::from)),
         ),
         _ => Box::new(
