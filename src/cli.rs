@@ -133,27 +133,10 @@ pub fn main() -> ExitCode {
     match dispatch(cli, &crate::stages::builtin()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", crate::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each said once: many of our messages already quote their
-/// source, which `{:#}` would print a second time.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if out.contains(&s) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&s);
-    }
-    out
 }
 
 fn init_logging(quiet: bool, verbose: u8) {

@@ -48,10 +48,10 @@ fn parse_device(
     node: Option<&Node>,
     _: &Path,
 ) -> Result<Option<Arc<dyn Section>>, Vec<Diagnostic>> {
+    let loc = node.map_or(Loc { line: 1, column: 1 }, |n| Loc::of(n.span()));
     let spec = match node {
         None => DeviceSpec::Auto,
         Some(n) => {
-            let loc = Loc::of(n.span());
             let Some(s) = n.as_scalar() else {
                 return Err(vec![Diagnostic::new(
                     loc,
@@ -63,7 +63,6 @@ fn parse_device(
                 .map_err(|e| vec![Diagnostic::new(loc, e).hint("auto picks CUDA when present")])?
         }
     };
-    let loc = node.map_or(Loc { line: 1, column: 1 }, |n| Loc::of(n.span()));
     spec.resolve()
         .map(|d| Some(Arc::new(DeviceSection(d)) as Arc<dyn Section>))
         .map_err(|e| vec![Diagnostic::new(loc, e)])

@@ -60,8 +60,9 @@ impl fmt::Display for StageError {
     }
 }
 
-/// An error and its causes, `a: b: c`, skipping causes whose text the outer one repeats.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes, `a: b: c`, skipping causes whose text the outer ones already
+/// say (many messages quote their source, which `{:#}` would print a second time).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

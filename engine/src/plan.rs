@@ -241,16 +241,14 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 Diagnostic::new(s.kind_loc, format!("unknown stage kind `{}`", s.kind))
                     .hint(suggest(&s.kind, &registry.names(), "known kinds")),
             ),
-            Some(kind)
-                if kind
+            Some(kind) => {
+                let missing: Vec<&str> = kind
                     .sections()
                     .iter()
-                    .any(|n| !spec.sections.contains_key(*n) && !sections.contains_key(n)) =>
-            {
-                for name in kind.sections() {
-                    if spec.sections.contains_key(*name) || sections.contains_key(name) {
-                        continue;
-                    }
+                    .copied()
+                    .filter(|n| !spec.sections.contains_key(*n) && !sections.contains_key(n))
+                    .collect();
+                for name in &missing {
                     let def = registry.sections().iter().find(|d| d.name == *name);
                     diags.push(
                         Diagnostic::new(
@@ -265,13 +263,15 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                         .hint(def.map_or("", |d| d.hint)),
                     );
                 }
-            }
-            Some(kind) => match kind.configure(s.params.as_ref(), s.loc, &base_dir) {
-                Ok(c) => {
-                    configured.insert(&s.name, c);
+                if missing.is_empty() {
+                    match kind.configure(s.params.as_ref(), s.loc, &base_dir) {
+                        Ok(c) => {
+                            configured.insert(&s.name, c);
+                        }
+                        Err(ds) => ds.into_iter().for_each(|d| diags.push(d)),
+                    }
                 }
-                Err(ds) => ds.into_iter().for_each(|d| diags.push(d)),
-            },
+            }
         }
     }
 
