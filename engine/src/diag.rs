@@ -143,9 +143,10 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// Deserialises a YAML mapping into `T` with every problem located: each unknown field
 /// (with the nearest known one; serde would stop at the first), then serde's own error at
 /// its value. `what` names the owner in messages: "param ... for kind `x`", "field ... of
-/// `dataset`". Absent fields take `T::default()`'s values when `T` says `#[serde(default)]`.
-/// The value comes back whenever the known fields deserialise, so that the caller can go on
-/// to report its own checks of it beside the unknown fields.
+/// `dataset`". The known fields, and those of nested mappings, are `T::default()`'s: absent
+/// fields take its values when `T` says `#[serde(default)]`. The value comes back whenever
+/// the known fields deserialise, so that the caller can go on to report its own checks of
+/// it beside the unknown fields.
 pub fn from_mapping<T>(
     map: &marked_yaml::types::MarkedMappingNode,
     field_word: &str,
@@ -154,28 +155,46 @@ pub fn from_mapping<T>(
 where
     T: serde::de::DeserializeOwned + serde::Serialize + Default,
 {
-    let mut diags = Vec::new();
-    let known: Vec<String> = match serde_json::to_value(T::default()) {
-        Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
-        _ => Vec::new(),
+    let default = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => serde_json::Map::new(),
     };
-    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let known: Vec<&str> = default.keys().map(String::as_str).collect();
+    // A field whose default is a non-empty object is a nested struct: its keys are checked
+    // too. (An empty one may be a free-form map, so it is left alone.)
+    let nested: Vec<(&str, Vec<&str>)> = default
+        .iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::Object(o) if !o.is_empty() => {
+                Some((k.as_str(), o.keys().map(String::as_str).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    let nested: Vec<(&str, &[&str])> = nested.iter().map(|(k, f)| (*k, f.as_slice())).collect();
+    from_mapping_with(map, &known, &nested, field_word, what)
+}
+
+/// [`from_mapping`] with the known fields given: `known` for the mapping itself, and for
+/// each `(key, fields)` of `nested`, the fields of the mapping under `key`. For types with
+/// required fields and no `Default` (e.g. a data set's settings).
+pub fn from_mapping_with<T>(
+    map: &marked_yaml::types::MarkedMappingNode,
+    known: &[&str],
+    nested: &[(&str, &[&str])],
+    field_word: &str,
+    what: &str,
+) -> (Option<T>, Vec<Diagnostic>)
+where
+    T: serde::de::DeserializeOwned,
+{
+    let mut diags = Vec::new();
     let mut clean = map.clone();
-    for key in map.keys() {
-        if !known.contains(&key.as_str()) {
-            let hint = if known.is_empty() {
-                format!("{what} takes no {field_word}s")
-            } else {
-                suggest(key.as_str(), &known, &format!("{field_word}s"))
-            };
-            diags.push(
-                Diagnostic::new(
-                    Loc::of(key.span()),
-                    format!("unknown {field_word} `{}` for {what}", key.as_str()),
-                )
-                .hint(hint),
-            );
-            clean.remove(key.as_str());
+    drop_unknown(&mut clean, known, field_word, what, &mut diags);
+    for (key, fields) in nested {
+        if let Some(marked_yaml::Node::Mapping(inner)) = clean.get_mut(*key) {
+            let owner = format!("`{key}` of {what}");
+            drop_unknown(inner, fields, field_word, &owner, &mut diags);
         }
     }
     let clean = marked_yaml::Node::Mapping(clean);
@@ -202,6 +221,51 @@ where
             (None, diags)
         }
     }
+}
+
+/// Reports and removes the keys of `map` that are not in `known`.
+fn drop_unknown(
+    map: &mut marked_yaml::types::MarkedMappingNode,
+    known: &[&str],
+    field_word: &str,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let unknown: Vec<_> = map
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        let hint = if known.is_empty() {
+            format!("{what} takes no {field_word}s")
+        } else {
+            suggest(key.as_str(), known, &format!("{field_word}s"))
+        };
+        diags.push(
+            Diagnostic::new(
+                Loc::of(key.span()),
+                format!("unknown {field_word} `{}` for {what}", key.as_str()),
+            )
+            .hint(hint),
+        );
+        map.remove(key.as_str());
+    }
+}
+
+/// The place of `a.b.c` in `map`, or of the nearest mapping holding it: where a check of a
+/// deserialised value (which has no places) points.
+pub fn locate(map: &marked_yaml::types::MarkedMappingNode, path: &str) -> Loc {
+    let mut span = map.span();
+    let mut here = Some(map);
+    for part in path.split('.') {
+        let Some(node) = here.and_then(|m| m.get_node(part)) else {
+            break;
+        };
+        span = node.span();
+        here = node.as_mapping();
+    }
+    Loc::of(span)
 }
 
 /// A YAML node as JSON, scalars typed as YAML's core schema would (bool, null, integer,
@@ -300,5 +364,36 @@ mod tests {
             diags[0].message.contains("bad params for kind `t`"),
             "{diags:?}"
         );
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Nested {
+        inner: Inner,
+        tags: std::collections::BTreeMap<String, u32>,
+    }
+
+    #[test]
+    fn nested_mappings_are_checked_and_free_maps_are_not() {
+        let text = "inner:\n  n: 2\n  m: 3\ntags: {any: 1}\n";
+        let node = marked_yaml::parse_yaml(0, text).unwrap();
+        let (v, diags) = from_mapping::<Nested>(node.as_mapping().unwrap(), "param", "kind `t`");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("unknown param `m` for `inner` of kind `t`"));
+        assert_eq!((diags[0].loc.line, diags[0].loc.column), (3, 3));
+        assert!(diags[0].hint.as_deref().unwrap().contains("did you mean `n`"));
+        let v = v.unwrap();
+        assert_eq!(v.inner.n, 2);
+        assert_eq!(v.tags["any"], 1);
+    }
+
+    #[test]
+    fn locate_finds_the_deepest_place_there_is() {
+        let node = marked_yaml::parse_yaml(0, "a: 1\nb:\n  c: 2\n").unwrap();
+        let map = node.as_mapping().unwrap();
+        assert_eq!(locate(map, "b.c"), Loc { line: 3, column: 6 });
+        // A field absent from the file points at its parent.
+        assert_eq!(locate(map, "b.d").line, 3);
+        assert_eq!(locate(map, "z").line, 1);
     }
 }

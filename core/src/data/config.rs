@@ -1,51 +1,19 @@
-//! Reading a `dataset:` mapping of the pipeline file into a [`DatasetConfig`].
+//! Reading a data set's settings: the dispatch over `kind`, and what each kind's settings
+//! struct adds to plain deserialisation (nested mappings, path resolution, value checks).
 //!
-//! serde stops at the first problem; a person fixing a pipeline file wants
-//! them all. So unknown keys are found (and dropped) before deserialising,
-//! against the field names serde itself knows, and checks of the values run
-//! after it; each problem keeps the line and column it came from.
+//! How the mapping is read is the caller's: the pipeline reads it with every problem
+//! located (`picie-stages`' `sections.rs`), [`from_yaml`] with serde alone (tests, tools).
 
-use std::fmt;
 use std::path::Path;
 
-use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{Node, Span};
+use marked_yaml::Node;
 use serde::de::DeserializeOwned;
 
-use super::{
-    CityscapesConfig, CocoConfig, DatasetConfig, FolderConfig, SyntheticDatasetConfig, KINDS,
-};
-
-/// One problem in a `dataset:` mapping (1-based line and column; 0 when
-/// the place is unknown).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigIssue {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl ConfigIssue {
-    fn at(span: &Span, message: impl Into<String>) -> Self {
-        let (line, column) = span.start().map_or((0, 0), |m| (m.line(), m.column()));
-        Self {
-            line,
-            column,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.line, self.column, self.message)
-    }
-}
+use super::{DatasetConfig, KINDS};
 
 /// What each kind's settings struct adds to plain deserialisation.
-pub(crate) trait KindConfig: DeserializeOwned {
-    /// Keys holding nested mappings whose own keys are checked too, with
-    /// those mappings' field names.
+pub trait KindConfig: DeserializeOwned {
+    /// Keys holding nested mappings, with those mappings' field names (checked too).
     fn nested() -> Vec<(&'static str, &'static [&'static str])> {
         Vec::new()
     }
@@ -55,134 +23,73 @@ pub(crate) trait KindConfig: DeserializeOwned {
     fn validate(&self) -> Vec<(String, String)>;
 }
 
-pub(crate) fn parse(node: &Node, base_dir: &Path) -> Result<DatasetConfig, Vec<ConfigIssue>> {
-    let Some(map) = node.as_mapping() else {
-        return Err(vec![ConfigIssue::at(
-            node.span(),
-            "a data set must be a mapping with a `kind`",
-        )]);
-    };
-    let kinds = KINDS.join(", ");
-    let Some(kind_node) = map.get_node("kind") else {
-        return Err(vec![ConfigIssue::at(
-            map.span(),
-            format!("the data set has no `kind` (one of {kinds})"),
-        )]);
-    };
-    let Some(kind) = kind_node.as_scalar().map(|s| s.as_str()) else {
-        return Err(vec![ConfigIssue::at(
-            kind_node.span(),
-            format!("`kind` must be one of {kinds}"),
-        )]);
-    };
-    match kind {
-        "synthetic" => {
-            parse_kind::<SyntheticDatasetConfig>(kind, map, base_dir).map(DatasetConfig::Synthetic)
-        }
-        "folder" => parse_kind::<FolderConfig>(kind, map, base_dir).map(DatasetConfig::Folder),
-        "coco_stuff27" => {
-            parse_kind::<CocoConfig>(kind, map, base_dir).map(DatasetConfig::CocoStuff27)
-        }
-        "cityscapes27" => {
-            parse_kind::<CityscapesConfig>(kind, map, base_dir).map(DatasetConfig::Cityscapes27)
-        }
-        other => Err(vec![ConfigIssue::at(
-            kind_node.span(),
-            format!("unknown data set kind `{other}` (one of {kinds})"),
-        )]),
+/// Reads one kind's settings (everything of the mapping but `kind`).
+pub trait KindReader {
+    type Error;
+    fn read<T: KindConfig>(self) -> Result<T, Self::Error>;
+}
+
+impl DatasetConfig {
+    /// Reads the settings of data set kind `kind` with `reader`; `None` for an unknown kind
+    /// (the kinds are [`KINDS`]). The one place that maps a kind's name to its settings.
+    pub fn read_kind<R: KindReader>(kind: &str, reader: R) -> Option<Result<Self, R::Error>> {
+        Some(match kind {
+            "synthetic" => reader.read().map(DatasetConfig::Synthetic),
+            "folder" => reader.read().map(DatasetConfig::Folder),
+            "coco_stuff27" => reader.read().map(DatasetConfig::CocoStuff27),
+            "cityscapes27" => reader.read().map(DatasetConfig::Cityscapes27),
+            _ => return None,
+        })
     }
 }
 
-fn parse_kind<T: KindConfig>(
-    kind: &str,
-    map: &MarkedMappingNode,
-    base_dir: &Path,
-) -> Result<T, Vec<ConfigIssue>> {
-    let mut issues = Vec::new();
-    let mut clean = map.clone();
-    clean.remove("kind");
-    let known = struct_fields::<T>();
-    drop_unknown(&mut clean, known, &format!("kind `{kind}`"), &mut issues);
-    for (key, fields) in T::nested() {
-        if let Some(Node::Mapping(inner)) = clean.get_mut(key) {
-            drop_unknown(inner, fields, &format!("`{key}`"), &mut issues);
+/// Parses settings from YAML text with serde alone (tests and tools): the first problem,
+/// or every value check that fails (as `field: message`), relative paths resolved against
+/// `base_dir`. The pipeline reads `dataset:` with every problem placed instead.
+pub fn from_yaml(text: &str, base_dir: &Path) -> Result<DatasetConfig, Vec<String>> {
+    let node = marked_yaml::parse_yaml(0, text).map_err(|e| vec![format!("invalid YAML: {e}")])?;
+    let map = node
+        .as_mapping()
+        .ok_or_else(|| vec!["a data set must be a mapping with a `kind`".to_string()])?;
+    let kind = map
+        .get_scalar("kind")
+        .map(|s| s.as_str().to_string())
+        .ok_or_else(|| vec!["the data set has no `kind`".to_string()])?;
+    let mut rest = map.clone();
+    rest.remove("kind");
+    let reader = Plain(Node::Mapping(rest), base_dir);
+    DatasetConfig::read_kind(&kind, reader).unwrap_or_else(|| {
+        Err(vec![format!(
+            "unknown data set kind `{kind}` (one of {})",
+            KINDS.join(", ")
+        )])
+    })
+}
+
+struct Plain<'a>(Node, &'a Path);
+
+impl KindReader for Plain<'_> {
+    type Error = Vec<String>;
+    fn read<T: KindConfig>(self) -> Result<T, Vec<String>> {
+        let mut cfg: T = marked_yaml::from_node(&self.0).map_err(|e| vec![e.to_string()])?;
+        cfg.resolve(self.1);
+        let problems: Vec<String> = cfg
+            .validate()
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(problems)
         }
     }
-    let mut cfg = match marked_yaml::from_node::<T>(&Node::Mapping(clean)) {
-        Ok(c) => c,
-        Err(e) => {
-            let (line, column) = e
-                .start_mark()
-                .map(|m| (m.line(), m.column()))
-                .or_else(|| map.span().start().map(|m| (m.line(), m.column())))
-                .unwrap_or((0, 0));
-            issues.push(ConfigIssue {
-                line,
-                column,
-                message: format!("bad settings for kind `{kind}`: {}", e.into_inner()),
-            });
-            return Err(issues);
-        }
-    };
-    if !issues.is_empty() {
-        return Err(issues);
-    }
-    cfg.resolve(base_dir);
-    for (field, message) in cfg.validate() {
-        issues.push(ConfigIssue::at(
-            locate(map, &field),
-            format!("bad value for `{field}`: {message}"),
-        ));
-    }
-    if issues.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(issues)
-    }
 }
 
-/// Reports and removes the keys of `map` that are not in `known`.
-fn drop_unknown(
-    map: &mut MarkedMappingNode,
-    known: &[&str],
-    owner: &str,
-    issues: &mut Vec<ConfigIssue>,
-) {
-    let unknown: Vec<_> = map
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    for key in unknown {
-        issues.push(ConfigIssue::at(
-            key.span(),
-            format!(
-                "unknown field `{}` for {owner} (expected one of: {})",
-                key.as_str(),
-                known.join(", ")
-            ),
-        ));
-        map.remove(key.as_str());
-    }
-}
-
-/// The span of `a.b.c` in `map`, or of the nearest mapping holding it.
-fn locate<'a>(map: &'a MarkedMappingNode, path: &str) -> &'a Span {
-    let mut span = map.span();
-    let mut here = Some(map);
-    for part in path.split('.') {
-        let Some(node) = here.and_then(|m| m.get_node(part)) else {
-            break;
-        };
-        span = node.span();
-        here = node.as_mapping();
-    }
-    span
-}
-
-/// The field names serde expects for `T`: asks `T`'s `Deserialize` impl to
-/// read from a deserializer that only records what it is asked for.
-pub(crate) fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+/// The field names serde expects for `T`: asks `T`'s `Deserialize` impl to read from a
+/// deserializer that only records what it is asked for. (Empty for types that are not
+/// plain structs, e.g. with `#[serde(flatten)]`.)
+pub fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
     use serde::de::{self, Visitor};
 
     struct Grab<'a>(&'a mut &'static [&'static str]);
@@ -218,12 +125,8 @@ pub(crate) fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{from_yaml, SplitDirs};
+    use super::super::{FolderConfig, SplitDirs};
     use super::*;
-
-    fn issues(text: &str) -> Vec<ConfigIssue> {
-        from_yaml(text, Path::new("/base")).unwrap_err()
-    }
 
     #[test]
     fn field_names_come_from_serde() {
@@ -233,54 +136,16 @@ mod tests {
     }
 
     #[test]
-    fn every_unknown_field_is_listed_with_its_place() {
-        let text =
-            "kind: folder\nroot: data\nbogus: 1\ntrain:\n  images: a\n  mask: b\nalso_bad: x\n";
-        let got = issues(text);
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(got[0].message.contains("`bogus`"), "{got:?}");
-        assert_eq!((got[0].line, got[0].column), (3, 1));
-        assert!(got[1].message.contains("`also_bad`"), "{got:?}");
-        assert_eq!(got[1].line, 7);
-        assert!(got[2].message.contains("`mask`") && got[2].message.contains("`train`"));
-        assert_eq!((got[2].line, got[2].column), (6, 3));
-    }
-
-    #[test]
-    fn kind_is_required_and_checked() {
-        let got = issues("root: x\n");
-        assert!(got[0].message.contains("no `kind`"), "{got:?}");
-        let got = issues("kind: pascal\n");
-        assert!(got[0].message.contains("unknown data set kind `pascal`"));
-        assert_eq!((got[0].line, got[0].column), (1, 7));
-        let got = issues("- a\n");
-        assert!(got[0].message.contains("mapping"));
-    }
-
-    #[test]
-    fn type_errors_have_a_place() {
-        let got = issues("kind: synthetic\nwidth: wide\n");
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].line, 2, "{got:?}");
-        assert!(got[0].message.contains("synthetic"));
-    }
-
-    #[test]
-    fn missing_required_field() {
-        let got = issues("kind: coco_stuff27\n");
-        assert!(got[0].message.contains("root"), "{got:?}");
-    }
-
-    #[test]
-    fn value_checks_point_at_the_field() {
-        let got = issues("kind: synthetic\nclasses: 12\nwidth: 4\n");
-        assert_eq!(got.len(), 2, "{got:?}");
-        assert!(got
-            .iter()
-            .any(|i| i.line == 2 && i.message.contains("classes")));
-        assert!(got
-            .iter()
-            .any(|i| i.line == 3 && i.message.contains("width")));
+    fn plain_reading_checks_kind_fields_and_values() {
+        let e = from_yaml("root: x\n", Path::new("/")).unwrap_err();
+        assert!(e[0].contains("no `kind`"), "{e:?}");
+        let e = from_yaml("kind: pascal\n", Path::new("/")).unwrap_err();
+        assert!(e[0].contains("unknown data set kind `pascal`"), "{e:?}");
+        let e = from_yaml("kind: synthetic\nbogus: 1\n", Path::new("/")).unwrap_err();
+        assert!(e[0].contains("bogus"), "{e:?}");
+        let e = from_yaml("kind: synthetic\nclasses: 12\nwidth: 4\n", Path::new("/")).unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("classes:")), "{e:?}");
     }
 
     #[test]

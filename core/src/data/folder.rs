@@ -539,16 +539,13 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let e = from_yaml("kind: folder\ntrain: {images: a}\n", Path::new("/")).unwrap_err();
-        assert!(e[0].message.contains("num_classes"), "{e:?}");
+        assert!(e[0].contains("num_classes"), "{e:?}");
         let e = from_yaml(
             "kind: folder\nnum_classes: 12\nignore_index: 11\ntrain: {images: a}\n",
             Path::new("/"),
         )
         .unwrap_err();
-        assert!(
-            e[0].message.contains("ignore_index") && e[0].line == 3,
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("ignore_index:"), "{e:?}");
     }
 
     /// The CamVid copy in shared/, read as it is.

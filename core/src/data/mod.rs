@@ -2,7 +2,8 @@
 //!
 //! A data set is chosen in the pipeline file by a mapping with a `kind`
 //! (`synthetic`, `folder`, `coco_stuff27`, `cityscapes27`) and that kind's
-//! settings; [`DatasetConfig::from_node`] turns it into a [`DatasetConfig`],
+//! settings; [`DatasetConfig::read_kind`] reads one kind's settings (the
+//! pipeline reads them with every problem placed; [`from_yaml`] with serde alone),
 //! and [`DatasetConfig::open`] lists one split's files and checks the layout.
 //!
 //! Every reader hands out masks already mapped to the class ids
@@ -18,14 +19,13 @@ mod paired;
 pub mod preprocess;
 mod synthetic;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use marked_yaml::Node;
 use serde::{Deserialize, Serialize};
 
 pub use cityscapes::{CityscapesConfig, CITYSCAPES27_LABEL_IDS};
 pub use coco::{CocoConfig, COCO_FINE_TO_COARSE};
-pub use config::ConfigIssue;
+pub use config::{from_yaml, struct_fields, KindConfig, KindReader};
 pub use folder::{FolderConfig, SplitDirs};
 pub use io::pascal_colour;
 pub use preprocess::{load_batch, par_map, PreprocessError};
@@ -192,13 +192,6 @@ pub enum DatasetConfig {
 pub const KINDS: [&str; 4] = ["synthetic", "folder", "coco_stuff27", "cityscapes27"];
 
 impl DatasetConfig {
-    /// Reads a `dataset:` mapping. Relative paths resolve against `base_dir`
-    /// (the pipeline file's folder); every problem found is returned, each
-    /// with its line and column.
-    pub fn from_node(node: &Node, base_dir: &Path) -> Result<DatasetConfig, Vec<ConfigIssue>> {
-        config::parse(node, base_dir)
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             DatasetConfig::Synthetic(_) => KINDS[0],
@@ -226,21 +219,10 @@ impl DatasetConfig {
     }
 }
 
-/// Parses settings from YAML text (tests and tools).
-pub fn from_yaml(text: &str, base_dir: &Path) -> Result<DatasetConfig, Vec<ConfigIssue>> {
-    match marked_yaml::parse_yaml(0, text) {
-        Ok(node) => DatasetConfig::from_node(&node, base_dir),
-        Err(e) => Err(vec![ConfigIssue {
-            line: 0,
-            column: 0,
-            message: format!("invalid YAML: {e}"),
-        }]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn mask_get_bounds() {

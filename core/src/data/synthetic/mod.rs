@@ -212,9 +212,6 @@ mod tests {
         assert_eq!(open("kind: synthetic\n", Split::Val).len(), 16);
         assert!(ds.has_masks());
         let e = from_yaml("kind: synthetic\nval_images: 0\n", Path::new("/")).unwrap_err();
-        assert!(
-            e[0].message.contains("val_images") && e[0].line == 2,
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("val_images:"), "{e:?}");
     }
 }
