@@ -379,9 +379,15 @@ mod tests {
         let node = marked_yaml::parse_yaml(0, text).unwrap();
         let (v, diags) = from_mapping::<Nested>(node.as_mapping().unwrap(), "param", "kind `t`");
         assert_eq!(diags.len(), 1, "{diags:?}");
-        assert!(diags[0].message.contains("unknown param `m` for `inner` of kind `t`"));
+        assert!(diags[0]
+            .message
+            .contains("unknown param `m` for `inner` of kind `t`"));
         assert_eq!((diags[0].loc.line, diags[0].loc.column), (3, 3));
-        assert!(diags[0].hint.as_deref().unwrap().contains("did you mean `n`"));
+        assert!(diags[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `n`"));
         let v = v.unwrap();
         assert_eq!(v.inner.n, 2);
         assert_eq!(v.tags["any"], 1);

@@ -14,6 +14,7 @@
 //! context   what a running stage sees
 //! section   application-defined top-level sections
 //! store     the content-addressed store; artifact: its Parquet/Arrow tables
+//! seeds     multi-seed sweeps: member runs and the sweep record
 //! diag      located diagnostics; error: the engine's errors
 //! ```
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod exec;
 pub mod plan;
 pub mod section;
+pub mod seeds;
 pub mod spec;
 pub mod stage;
 pub mod store;

@@ -101,6 +101,23 @@ impl Plan {
         }
     }
 
+    /// The same pipeline with another seed, as run `NAME-seedN` of a sweep (see
+    /// [`crate::seeds`]): every key is recomputed, so nodes that do not depend on the seed
+    /// keep theirs.
+    pub fn with_seed(&self, seed: u64, registry: &Registry) -> Result<Plan, Error> {
+        let mut spec = self.spec.clone();
+        spec.seed = seed;
+        spec.name = crate::seeds::member_name(&self.spec.name, seed);
+        let mut diags = Diagnostics::new(&spec.file);
+        match build(spec, registry, &mut diags) {
+            Some(p) if diags.is_empty() => Ok(p),
+            _ => {
+                diags.sort();
+                Err(Error::Invalid(diags))
+            }
+        }
+    }
+
     /// A section by name, as the application's type.
     pub fn section<T: Section>(&self, name: &str) -> Option<&T> {
         section::get(&self.sections, name)
@@ -429,7 +446,8 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             "kind": d.spec.kind,
             "version": kind.version(),
             "params": conf.canonical(),
-            "seed": spec.seed,
+            // Null for kinds that draw nothing from it: a sweep's runs share those nodes.
+            "seed": if conf.seeded() { json!(spec.seed) } else { serde_json::Value::Null },
             "epoch": d.epoch,
             "inputs": input_keys,
         });

@@ -15,6 +15,9 @@ pub struct Spec {
     pub file: PathBuf,
     pub name: String,
     pub seed: u64,
+    /// `seeds:`: run the pipeline once per seed (see [`crate::seeds`]); empty for one run
+    /// with `seed`.
+    pub seeds: Vec<u64>,
     /// Resolved against the pipeline file's folder when relative.
     pub store: PathBuf,
     pub channel_capacity: usize,
@@ -73,6 +76,7 @@ pub enum EpochSel {
 const TOP_KEYS: &[&str] = &[
     "name",
     "seed",
+    "seeds",
     "store",
     "channel_capacity",
     "stages",
@@ -119,6 +123,10 @@ pub fn parse(text: &str, file: &Path, sections: &[&str], diags: &mut Diagnostics
         .get_node("seed")
         .and_then(|n| parse_scalar::<u64>(n, "seed", "a non-negative integer", diags))
         .unwrap_or(0);
+    let seeds = map
+        .get_node("seeds")
+        .map(|n| seed_list(n, diags))
+        .unwrap_or_default();
     let base = file.parent().unwrap_or(Path::new("."));
     let store = map
         .get_node("store")
@@ -159,6 +167,7 @@ pub fn parse(text: &str, file: &Path, sections: &[&str], diags: &mut Diagnostics
         file: file.to_path_buf(),
         name,
         seed,
+        seeds,
         store,
         channel_capacity,
         sections,
@@ -446,6 +455,37 @@ fn parse_scalar<T: std::str::FromStr>(
             None
         }
     }
+}
+
+/// `seeds: [0, 1, 2]`: distinct non-negative integers, at least one.
+fn seed_list(node: &Node, diags: &mut Diagnostics) -> Vec<u64> {
+    let Some(items) = node.as_sequence() else {
+        diags.push(
+            Diagnostic::new(Loc::of(node.span()), "`seeds` must be a list")
+                .hint("e.g. `seeds: [0, 1, 2]`"),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        diags.push(
+            Diagnostic::new(Loc::of(node.span()), "`seeds` is empty")
+                .hint("list at least one seed, or remove `seeds` for one run with `seed`"),
+        );
+    }
+    let mut seeds = Vec::new();
+    for item in items.iter() {
+        if let Some(v) = parse_scalar::<u64>(item, "a seed", "a non-negative integer", diags) {
+            if seeds.contains(&v) {
+                diags.push(Diagnostic::new(
+                    Loc::of(item.span()),
+                    format!("seed {v} is listed twice"),
+                ));
+            } else {
+                seeds.push(v);
+            }
+        }
+    }
+    seeds
 }
 
 fn is_null(node: &Node) -> bool {

@@ -124,6 +124,12 @@ pub trait Stage: Send + Sized + 'static {
     fn input_files(_params: &Self::Params) -> Vec<(&'static str, PathBuf)> {
         Vec::new()
     }
+    /// Whether the output depends on the pipeline's seed (beyond what the inputs carry).
+    /// The seed goes into the cache key only where it does, so that the runs of a
+    /// multi-seed sweep share such nodes when their inputs agree.
+    fn seeded(_params: &Self::Params) -> bool {
+        true
+    }
     fn new(params: Self::Params) -> Self;
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
 }
@@ -153,6 +159,8 @@ pub trait Configured: Send + Sync {
     fn files(&self) -> serde_json::Value;
     fn inputs(&self) -> Vec<Port>;
     fn outputs(&self) -> Vec<Port>;
+    /// See [`Stage::seeded`].
+    fn seeded(&self) -> bool;
     fn instantiate(&self) -> Box<dyn Runnable>;
 }
 
@@ -186,6 +194,9 @@ impl<S: Stage> Configured for ConfiguredOf<S> {
     }
     fn outputs(&self) -> Vec<Port> {
         S::outputs(&self.params)
+    }
+    fn seeded(&self) -> bool {
+        S::seeded(&self.params)
     }
     fn instantiate(&self) -> Box<dyn Runnable> {
         Box::new(S::new(self.params.clone()))

@@ -5,6 +5,7 @@
 //! STORE/objects/ab/abcd…/         one committed artifact: its files + manifest.json
 //! STORE/tmp/                      artifacts being written (cleaned at the next run)
 //! STORE/runs/NAME/latest.json     what a run's nodes map to, for gc, inspect and report
+//! STORE/runs/NAME-seeds/          a multi-seed sweep (see crate::seeds)
 //! ```
 //! A commit writes into tmp/, fsyncs every file and the manifest, then renames the folder
 //! into objects/: a crash leaves either the old state or the new one, never half of it.
@@ -345,14 +346,42 @@ impl Store {
     }
 
     pub fn write_run_record(&self, record: &RunRecord) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("runs").join(&record.name);
-        fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
-        let path = dir.join("latest.json");
-        let tmp = dir.join("latest.json.tmp");
+        let path = self
+            .root
+            .join("runs")
+            .join(&record.name)
+            .join("latest.json");
         let text = serde_json::to_string_pretty(record).expect("run record serialises");
-        write_synced(&tmp, text.as_bytes()).map_err(|e| self.io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))?;
+        self.write_atomic(&path, text.as_bytes())?;
         Ok(path)
+    }
+
+    /// Writes a file beside the store's objects (a record): a reader sees the old contents
+    /// or the new ones, never half of them.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.io(dir, e))?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        write_synced(&tmp, bytes).map_err(|e| self.io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| self.io(path, e))
+    }
+
+    /// Who holds the store's lock (a run in progress, or gc), if anyone. Creates nothing.
+    pub fn holder(&self) -> Option<String> {
+        let path = self.root.join("LOCK");
+        let mut file = fs::OpenOptions::new().read(true).open(&path).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Some(holder.trim().to_string())
+            }
+            Err(fs::TryLockError::Error(_)) => None,
+        }
     }
 
     pub fn run_records(&self) -> Result<Vec<RunRecord>, StoreError> {

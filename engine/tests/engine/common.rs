@@ -86,6 +86,10 @@ impl Stage for Numbers {
         }
         e
     }
+    /// Its values come from its params alone: sweeps share it.
+    fn seeded(_: &NumbersParams) -> bool {
+        false
+    }
     fn new(p: NumbersParams) -> Self {
         Self(p)
     }

@@ -5,4 +5,5 @@ mod common;
 mod cache;
 mod executor;
 mod sections;
+mod seeds;
 mod spec_errors;
