@@ -10,7 +10,7 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 # shared between clones (CARGO_TARGET_DIR) relink against the right venv.
 export LIBTORCH_USE_PYTORCH := $(VIRTUAL_ENV)
 
-.PHONY: setup build run test bench lint
+.PHONY: setup build run test bench lint chromium
 setup:
 	@bash scripts/setup.sh
 
@@ -30,6 +30,10 @@ B ?= all
 bench:
 	@bash scripts/setup.sh --bench
 	cargo run --release --bin picie-bench -- $(B)
+
+# Headless Chromium (apt-get) for the report's browser test, which skips without it.
+chromium:
+	@bash scripts/setup.sh --chromium
 
 lint: setup
 	cargo fmt --all -- --check

@@ -2,7 +2,8 @@
 # One-time, idempotent set-up: a project-local Python venv with the PyTorch that tch needs
 # (its libtorch is what picie links against) and the Python oracles the tests compare with.
 # Quick when already done. Override the venv folder with PICIE_VENV.
-# `setup.sh --bench` also installs the benchmarks' peers (faiss-cpu, scikit-learn).
+# `setup.sh --bench` also installs the benchmarks' peers (faiss-cpu, scikit-learn);
+# `setup.sh --chromium` only installs Chromium (the report's browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,28 @@ bench_peers() {
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check faiss-cpu scikit-learn threadpoolctl
     fi
 }
+
+# Opt-in (PICIE_WITH_CHROMIUM=1, or `setup.sh --chromium` for this step alone): headless
+# Chromium for the report's browser test, which skips without it. A failed install (no
+# apt-get, no root or sudo) is only a warning.
+chromium_browser() {
+    for b in chromium chromium-browser google-chrome; do
+        command -v "$b" >/dev/null && return 0
+    done
+    echo "setup: installing chromium (the report's browser test)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    apt() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq "$@" >/dev/null; }
+    # The package lists of a fresh machine may be missing or stale: update once if needed.
+    if ! { apt install chromium || { apt update && apt install chromium; }; }; then
+        echo "setup: could not install chromium; the report's browser test will skip" >&2
+    fi
+}
+if [ "${1:-}" = "--chromium" ]; then
+    chromium_browser
+    exit 0
+fi
+[ "${PICIE_WITH_CHROMIUM:-0}" = 1 ] && chromium_browser
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     [ "${1:-}" = "--bench" ] && bench_peers

@@ -96,20 +96,6 @@ fn epoch_of(n: &NodeRecord) -> u32 {
     n.epoch.unwrap_or(0)
 }
 
-/// The runs recorded in a store, by name (unreadable records included: they are runs too).
-fn run_names(store_dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(store_dir.join("runs"))
-        .map(|it| {
-            it.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("latest.json").is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 impl Run {
     /// Opens a run without creating anything: a wrong folder is an error, not a new store.
     pub fn open(store_dir: &Path, run_name: &str) -> Result<Run, AnalysisError> {
@@ -125,15 +111,10 @@ impl Run {
             && run_name != "."
             && run_name != "..";
         if !plain || !path.is_file() {
-            let names = run_names(store_dir);
             return Err(AnalysisError::NoSuchRun {
                 run: run_name.to_string(),
                 store: store_dir.to_path_buf(),
-                available: if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                },
+                available: crate::target::recorded(store_dir),
             });
         }
         let text = std::fs::read_to_string(&path).map_err(|e| AnalysisError::io(&path, e))?;
@@ -612,23 +593,38 @@ pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, Ana
         if !per_class {
             continue;
         }
-        let values: Vec<String> = ious
-            .and_then(|l| l.get_as_series(i))
-            .and_then(|v| v.f64().ok().map(|v| v.iter().map(num).collect()))
-            .unwrap_or_default();
-        let indent = "       IoU per class:";
-        let mut line = indent.to_string();
-        for v in values {
-            if line.len() + 1 + v.len() > SUMMARY_WIDTH {
-                let _ = writeln!(s, "{line}");
-                line = " ".repeat(indent.len());
-            }
-            line.push(' ');
-            line.push_str(&v);
-        }
-        let _ = writeln!(s, "{line}");
+        per_class_line(
+            &mut s,
+            "       IoU per class:",
+            ious.and_then(|l| l.get_as_series(i)),
+        );
     }
     Ok(s)
+}
+
+/// One row's per-class values after `label`, two decimals each, wrapped within
+/// [`SUMMARY_WIDTH`] (the summaries' `-v` lines).
+pub(crate) fn per_class_line(s: &mut String, label: &str, values: Option<Series>) {
+    use std::fmt::Write;
+    let values: Vec<String> = values
+        .and_then(|v| {
+            v.f64().ok().map(|v| {
+                v.iter()
+                    .map(|x| x.map_or_else(|| "-".to_string(), |x| format!("{x:.2}")))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let mut line = label.to_string();
+    for v in values {
+        if line.len() + 1 + v.len() > SUMMARY_WIDTH {
+            let _ = writeln!(s, "{line}");
+            line = " ".repeat(label.len());
+        }
+        line.push(' ');
+        line.push_str(&v);
+    }
+    let _ = writeln!(s, "{line}");
 }
 
 /// The text `picie inspect RUN` prints. Sections whose artifacts are absent (a failed or

@@ -12,6 +12,7 @@ use crate::exec::{self, RunOptions};
 use crate::plan::Plan;
 use crate::stage::{Mode, Registry};
 use crate::store::Store;
+use crate::target::Target;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +45,10 @@ enum Command {
         /// Stop after this stage: run only it and what it needs.
         #[arg(long, value_name = "STAGE")]
         until: Vec<String>,
+        /// Run once per seed (runs NAME-seedN, then mean ± std as sweep NAME-seeds);
+        /// overrides `seeds:` in the file.
+        #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+        seeds: Vec<u64>,
     },
     /// Validate a pipeline and show its unrolled DAG, cached or to run per node.
     Plan {
@@ -88,19 +93,21 @@ enum Command {
         #[command(subcommand)]
         action: WeightsAction,
     },
-    /// Print a run's main tables: metrics per epoch, loss, cluster sizes, stability.
+    /// Print a run's main tables: metrics per epoch, loss, cluster sizes, stability; for a
+    /// sweep, its runs and mean ± std per epoch.
     Inspect {
-        /// The run name (`name:` in its pipeline file).
-        run: String,
+        /// A pipeline file, or a run or sweep name (`NAME`, `NAME-seeds`).
+        target: String,
         #[command(flatten)]
-        store: StoreArg,
+        store: FindStore,
     },
-    /// Write PNG figures and an index.html for a run.
+    /// Write SVG figures and a self-contained index.html for a run or sweep.
     Report {
-        run: String,
+        /// A pipeline file, or a run or sweep name (`NAME`, `NAME-seeds`).
+        target: String,
         #[command(flatten)]
-        store: StoreArg,
-        /// Output folder (default: STORE/reports/RUN).
+        store: FindStore,
+        /// Output folder (default: STORE/reports/NAME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Validation images to draw (image | ground truth | prediction | overlay).
@@ -117,6 +124,13 @@ enum WeightsAction {
         /// The .safetensors file to write.
         output: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+struct FindStore {
+    /// The artifact store folder (default: the pipeline file's `store:`, else artifacts).
+    #[arg(long)]
+    store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +179,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             force,
             from,
             until,
+            seeds,
         } => {
             let plan = Plan::load(&pipeline, registry)?;
             let store = Store::open(&plan.spec.store)?;
@@ -174,6 +189,21 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 until,
                 progress: !cli.quiet,
             };
+            let seeds = if seeds.is_empty() {
+                plan.spec.seeds.clone()
+            } else {
+                seeds
+            };
+            if !seeds.is_empty() {
+                return run_sweep(
+                    &plan,
+                    registry,
+                    &store,
+                    &opts,
+                    &seeds,
+                    (cli.quiet, cli.verbose),
+                );
+            }
             let report = exec::run(&plan, &store, &opts)?;
             let ran = report
                 .nodes
@@ -299,21 +329,36 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Weights {
             action: WeightsAction::Import { input, output },
         } => import_weights(&input, &output),
-        Command::Inspect { run, store } => {
-            print!(
-                "{}",
-                crate::analysis::inspect(&store.store, &run, cli.verbose > 0)?
-            );
+        Command::Inspect { target, store } => {
+            let found = crate::target::resolve(&target, store.store.as_deref(), registry)?;
+            for n in &found.notes {
+                eprintln!("note: {n}");
+            }
+            let text = match &found.target {
+                Target::Run(name) => crate::analysis::inspect(&found.store, name, cli.verbose > 0)?,
+                Target::Sweep(name) => crate::sweep::inspect(&found.store, name, cli.verbose > 0)?,
+            };
+            print!("{text}");
             Ok(())
         }
         Command::Report {
-            run,
+            target,
             store,
             out,
             images,
         } => {
-            let out = out.unwrap_or_else(|| store.store.join("reports").join(&run));
-            let files = crate::report::write_report(&store.store, &run, &out, images)?;
+            let found = crate::target::resolve(&target, store.store.as_deref(), registry)?;
+            for n in &found.notes {
+                eprintln!("note: {n}");
+            }
+            let name = found.target.name();
+            let out = out.unwrap_or_else(|| found.store.join("reports").join(name));
+            let files = match &found.target {
+                Target::Run(_) => crate::report::write_report(&found.store, name, &out, images)?,
+                Target::Sweep(_) => {
+                    crate::report::write_sweep_report(&found.store, name, &out, images)?
+                }
+            };
             println!(
                 "wrote {} file(s); open {}",
                 files.len(),
@@ -360,6 +405,75 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `picie run --seeds`: the pipeline once per seed (each an ordinary, resumable run), then
+/// the sweep record and mean ± std per epoch.
+fn run_sweep(
+    plan: &Plan,
+    registry: &Registry,
+    store: &Store,
+    opts: &RunOptions,
+    seeds: &[u64],
+    (quiet, verbose): (bool, u8),
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
+        anyhow::bail!("--seeds lists seed {dup} twice");
+    }
+    for (i, &seed) in seeds.iter().enumerate() {
+        let member = plan.with_seed(seed, registry)?;
+        if !quiet {
+            println!(
+                "seed {seed} ({} of {}): run `{}`",
+                i + 1,
+                seeds.len(),
+                member.spec.name
+            );
+        }
+        let report = exec::run(&member, store, opts)
+            .with_context(|| format!("seed {seed} (run `{}`)", member.spec.name))?;
+        if !quiet {
+            let ran = report
+                .nodes
+                .iter()
+                .filter(|(_, o)| matches!(o, exec::Outcome::Ran { .. }))
+                .count();
+            println!(
+                "seed {seed}: {ran} stage(s) ran, {} cached, {:.2}s",
+                report.nodes.len() - ran,
+                report.seconds
+            );
+        }
+    }
+    let record = picie_engine::seeds::SweepRecord::new(&plan.spec.name, &plan.spec.file, seeds);
+    store.write_sweep_record(&record)?;
+    let sweep = crate::sweep::Sweep::open(&plan.spec.store, &record.name)?;
+    // A pipeline that does not evaluate has runs but no metrics to average.
+    match sweep.metrics() {
+        Ok(agg) => {
+            let path = crate::sweep::write_summary(store, &record.name, &agg)?;
+            if !quiet {
+                print!("{}", crate::sweep::summary_table(&agg, verbose > 0)?);
+                println!(
+                    "sweep `{}`: {} seed(s); mean ± std in {}",
+                    record.name,
+                    seeds.len(),
+                    path.display()
+                );
+            }
+        }
+        Err(e) => {
+            if !quiet {
+                println!(
+                    "sweep `{}`: {} seed(s); no metrics ({e})",
+                    record.name,
+                    seeds.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn import_weights(input: &Path, output: &Path) -> Result<()> {

@@ -1,7 +1,8 @@
 //! picie: PiCIE (Cho et al., CVPR 2021) as a reproducible, resumable dataflow pipeline.
 //!
 //! This crate is the application: the `picie` command (`cli`), reading runs back as Polars
-//! frames (`analysis`) and the HTML report (`report`). It stands on three workspace crates,
+//! frames (`analysis`, `sweep` for multi-seed sweeps, `target` to find them) and the HTML
+//! report (`report`). It stands on three workspace crates,
 //! re-exported here under their module names so that one path reaches everything:
 //!
 //! ```text
@@ -13,6 +14,8 @@
 pub mod analysis;
 pub mod cli;
 pub mod report;
+pub mod sweep;
+pub mod target;
 
 pub use picie_core::{
     augment_params, data, device, kmeans, loss, metrics, model, predict, python, repo_root,

@@ -55,6 +55,10 @@ impl Stage for Init {
     fn outputs(_: &InitParams) -> Vec<Port> {
         vec![CHECKPOINT]
     }
+    /// A file that sets every variable leaves nothing to the seed: a sweep shares it.
+    fn seeded(p: &InitParams) -> bool {
+        !(p.weights.is_some() && p.weights_scope == WeightsScope::Full)
+    }
     fn validate(p: &InitParams) -> Vec<ParamError> {
         let mut e = Vec::new();
         if p.model.dim.is_some_and(|d| d < 1) {

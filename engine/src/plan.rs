@@ -87,6 +87,24 @@ impl Plan {
         Self::from_str(&text, path, registry)
     }
 
+    /// The pipeline file's top level (name, seeds, store, ...) without planning it: for
+    /// tools that only need to find its runs, even where its data or weights are absent.
+    pub fn read_spec(path: &Path, registry: &Registry) -> Result<Spec, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPipeline {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut diags = Diagnostics::new(path);
+        let names: Vec<&str> = registry.sections().iter().map(|d| d.name).collect();
+        match spec::parse(&text, path, &names, &mut diags) {
+            Some(s) if diags.is_empty() => Ok(s),
+            _ => {
+                diags.sort();
+                Err(Error::Invalid(diags))
+            }
+        }
+    }
+
     pub fn from_str(text: &str, path: &Path, registry: &Registry) -> Result<Plan, Error> {
         let mut diags = Diagnostics::new(path);
         let names: Vec<&str> = registry.sections().iter().map(|d| d.name).collect();

@@ -1,5 +1,6 @@
-//! `picie::analysis` and `picie::report` on a tiny real two-epoch run, their errors on bad
-//! input, and our Hungarian matching against SciPy's `linear_sum_assignment`.
+//! `picie::analysis` and `picie::report` on a tiny real two-epoch run (its report also in
+//! headless Chromium), their errors on bad input, and our Hungarian matching against SciPy's
+//! `linear_sum_assignment`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,27 @@ fn f64s(df: &DataFrame, col: &str) -> Vec<f64> {
         .iter()
         .flatten()
         .collect()
+}
+
+/// The file names of paths, in order.
+fn file_names(files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Removes a node's output from the store (as gc would); returns its key.
+fn remove_output(run: &Run, kind: &str, epoch: u32, output: &str) -> String {
+    let node = run
+        .record
+        .nodes
+        .iter()
+        .find(|n| n.kind == kind && n.epoch == Some(epoch))
+        .unwrap();
+    let key = node.outputs[output].clone();
+    std::fs::remove_dir_all(run.store.object_dir(&key)).unwrap();
+    key
 }
 
 fn run_tiny(dir: &Path) -> PathBuf {
@@ -264,57 +286,118 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
         }
     }
 
-    // report: PNGs that decode, at the sizes the layout implies, and an index linking them.
+    // report: every figure in its own file (SVG charts, PNG samples at the size the layout
+    // implies), and one index.html that holds them all (inline SVG, PNG data: URIs).
     let out = dir.path().join("report");
-    let files = write_report(&store_dir, "tiny2", &out, 2).unwrap();
-    let rel: Vec<String> = files
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    for f in [
-        "sample_00.png",
-        "sample_01.png",
-        "confusion.png",
-        "loss.png",
-        "metrics.png",
-        "index.html",
-    ] {
+    let rel = file_names(&write_report(&store_dir, "tiny2", &out, 2).unwrap());
+    let charts = [
+        "metrics.svg",
+        "per_class_iou.svg",
+        "confusion.svg",
+        "loss.svg",
+        "cluster_sizes.svg",
+    ];
+    let samples = ["sample_00.png", "sample_01.png"];
+    for f in charts.iter().chain(&samples).chain(&["index.html"]) {
         assert!(rel.iter().any(|r| r == f), "{f} in {rel:?}");
         assert!(out.join(f).is_file());
     }
     let side = (EVAL_RES * (128 / EVAL_RES).max(1)) as u32;
     let sample = image::open(out.join("sample_00.png")).unwrap();
     assert_eq!((sample.width(), sample.height()), (4 * side + 12, side));
-    for f in ["loss.png", "metrics.png"] {
-        let img = image::open(out.join(f)).unwrap();
-        assert_eq!((img.width(), img.height()), (640, 360), "{f}");
-    }
-    let conf = image::open(out.join("confusion.png")).unwrap();
-    assert!(conf.width() >= K as u32 * 6 && conf.height() >= CLASSES as u32 * 6);
-    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
-    for f in &rel {
-        if f.ends_with(".png") {
-            assert!(html.contains(&format!("src=\"{f}\"")), "{f} in index.html");
+    let svg = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    // Titles, axis labels with units, legends: as SVG text (each on a line of its own).
+    let text = |s: &str, t: &str| s.contains(&format!(">\n{t}\n</text>"));
+    for (f, want) in [
+        (
+            "metrics.svg",
+            &[
+                "mIoU and pixel accuracy per epoch",
+                "score (%)",
+                "mIoU",
+                "pixel accuracy",
+            ][..],
+        ),
+        ("per_class_iou.svg", &["IoU (%)", "sky", "ground", "wall"]),
+        (
+            "loss.svg",
+            &["step (all epochs in order)", "epoch boundary"],
+        ),
+        (
+            "cluster_sizes.svg",
+            &["share of labelled pixels (%)", "largest cluster"],
+        ),
+        (
+            "confusion.svg",
+            &["ground-truth class", "% of class pixels"],
+        ),
+    ] {
+        let s = svg(f);
+        assert!(s.starts_with("<svg"), "{f}");
+        for t in want {
+            assert!(text(&s, t), "{t} in {f}:\n{s}");
         }
     }
+    // The metrics chart's x ticks are the epochs.
+    for e in ["0", "1", "2"] {
+        assert!(text(&svg("metrics.svg"), e), "tick {e}");
+    }
+    // Every cell of the confusion prints its row-normalised share.
+    let conf = svg("confusion.svg");
+    for g in 0..CLASSES {
+        let row: u64 = (0..K).map(|c| evaluated.get(g, c).unwrap()).sum();
+        for c in 0..K {
+            let pct = 100.0 * evaluated.get(g, c).unwrap() as f64 / row.max(1) as f64;
+            assert!(
+                text(&conf, &format!("{pct:.1}")),
+                "{pct:.1} (class {g}, cluster {c})"
+            );
+        }
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), charts.len());
+    assert_eq!(
+        html.matches("src=\"data:image/png;base64,").count(),
+        samples.len()
+    );
+    // Self-contained: nothing but data: URIs loads (links to the separate files remain).
+    assert_eq!(html.matches("src=\"").count(), samples.len());
     assert!(html.contains("<table") && html.contains("miou"));
-    // Paths are relative: nothing of the temp folder leaks into the links.
-    assert!(!html.contains(&format!("src=\"{}", dir.path().display())));
+    // Links to the separate files are relative: nothing of the temp folder leaks into them.
+    for attr in ["src", "href"] {
+        assert!(!html.contains(&format!("{attr}=\"{}", dir.path().display())));
+    }
+    // Moved alone, the page still renders every figure.
+    let alone = dir.path().join("moved");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(out.join("index.html"), alone.join("index.html")).unwrap();
+    crate::report::check_in_chromium(&alone.join("index.html"), charts.len() + samples.len());
 
     // A gc'd artifact: the frame that needs it says which, the summary says why it is short.
-    let label2 = run
-        .record
-        .nodes
-        .iter()
-        .find(|n| n.kind == "label" && n.epoch == Some(2))
-        .unwrap();
-    let key = label2.outputs["weights"].clone();
-    std::fs::remove_dir_all(run.store.object_dir(&key)).unwrap();
+    let key = remove_output(&run, "label", 2, "weights");
     let e = run.cluster_sizes().unwrap_err();
     assert!(matches!(e, AnalysisError::Missing { .. }), "{e}");
     assert!(e.to_string().contains(&key), "{e}");
     let text = inspect(&store_dir, "tiny2", false).unwrap();
     assert!(text.contains("cluster sizes: (none:"), "{text}");
+
+    // Without its evaluation metrics, the report draws what it can and says why the rest
+    // is missing.
+    remove_output(&run, "evaluate", 2, "metrics");
+    let out = dir.path().join("partial");
+    let files = write_report(&store_dir, "tiny2", &out, 2).unwrap();
+    assert_eq!(
+        file_names(&files),
+        ["confusion.svg", "loss.svg", "index.html"]
+    );
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for note in [
+        "no evaluation metrics",
+        "no sample predictions",
+        "no pseudo-label cluster sizes",
+    ] {
+        assert!(html.contains(note), "{note} in {html}");
+    }
 }
 
 #[test]

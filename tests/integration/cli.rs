@@ -248,3 +248,130 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
         "{t}"
     );
 }
+
+#[test]
+fn a_seed_sweep_reuses_single_runs_and_reports_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), tiny()).unwrap();
+    let single = picie(dir.path(), &["run", "p.yaml"]);
+    assert!(single.status.success(), "{}", text(&single));
+
+    // `seed: 3` in the file: the sweep's seed 3 is that run, key for key.
+    let sweep = picie(dir.path(), &["run", "p.yaml", "--seeds", "3,4"]);
+    let t = text(&sweep);
+    assert!(sweep.status.success(), "{t}");
+    assert!(t.contains("seed 3: 0 stage(s) ran"), "{t}");
+    assert!(!t.contains("seed 4: 0 stage(s) ran"), "{t}");
+    let header = t
+        .lines()
+        .position(|l| {
+            l.split_whitespace()
+                .eq(["epoch", "mIoU", "accuracy", "seeds"])
+        })
+        .unwrap_or_else(|| panic!("no sweep summary in {t}"));
+    let row = t.lines().nth(header + 2).unwrap();
+    assert!(
+        row.trim_start().starts_with('1') && row.matches(" ± ").count() == 2,
+        "{t}"
+    );
+    assert!(row.trim_end().ends_with('2'), "{t}");
+    assert!(dir
+        .path()
+        .join("store/runs/tiny-seeds/metrics.parquet")
+        .is_file());
+
+    // Found by name, and by a pipeline file that lists the seeds.
+    let by_name = picie(dir.path(), &["inspect", "tiny-seeds", "--store", "store"]);
+    let t = text(&by_name);
+    assert!(by_name.status.success(), "{t}");
+    assert!(t.contains("sweep tiny-seeds: 2 seed(s) [3, 4]"), "{t}");
+    assert!(t.contains("tiny-seed3") && t.contains("tiny-seed4"), "{t}");
+    std::fs::write(
+        dir.path().join("sweep.yaml"),
+        tiny().replace("seed: 3\n", "seed: 3\nseeds: [3, 4]\n"),
+    )
+    .unwrap();
+    let by_file = picie(dir.path(), &["inspect", "sweep.yaml"]);
+    assert!(by_file.status.success(), "{}", text(&by_file));
+    assert!(
+        text(&by_file).contains("mean ± std over seeds"),
+        "{}",
+        text(&by_file)
+    );
+    // Without `seeds:`, the file means its single run.
+    let single = picie(dir.path(), &["inspect", "p.yaml"]);
+    assert!(
+        text(&single).starts_with("run tiny: ok"),
+        "{}",
+        text(&single)
+    );
+
+    let report = picie(dir.path(), &["report", "sweep.yaml", "--images", "1"]);
+    assert!(report.status.success(), "{}", text(&report));
+    let index = dir.path().join("store/reports/tiny-seeds/index.html");
+    let html = std::fs::read_to_string(&index).unwrap();
+    assert!(
+        html.contains("tiny-seeds") && html.contains("<svg"),
+        "{html}"
+    );
+}
+
+#[test]
+fn inspect_says_what_exists_when_the_target_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = picie::Store::open(&dir.path().join("store")).unwrap();
+    // A recorded run and sweep to list.
+    let mut rec: picie::store::RunRecord = serde_json::from_value(serde_json::json!({
+        "name": "done", "pipeline": "p.yaml", "started": "", "finished": "", "ok": true,
+        "error": null, "device": "cpu", "nodes": []
+    }))
+    .unwrap();
+    store.write_run_record(&rec).unwrap();
+    rec.name = "done-seed0".into();
+    store.write_run_record(&rec).unwrap();
+    let sweep = picie_engine::seeds::SweepRecord::new("done", Path::new("p.yaml"), &[0]);
+    store.write_sweep_record(&sweep).unwrap();
+
+    let out = picie(dir.path(), &["inspect", "nope", "--store", "store"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("no run named `nope`"), "{t}");
+    assert!(t.contains("done, done-seed0, done-seeds (sweep)"), "{t}");
+
+    // A pipeline file whose store does not hold its run.
+    std::fs::write(
+        dir.path().join("other.yaml"),
+        tiny().replace("name: tiny", "name: other"),
+    )
+    .unwrap();
+    let out = picie(dir.path(), &["inspect", "other.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("other.yaml names run `other`"), "{t}");
+    assert!(t.contains("run `picie run other.yaml` first"), "{t}");
+    assert!(t.contains("Recorded there: done"), "{t}");
+    let out = picie(
+        dir.path(),
+        &["report", "other.yaml", "--store", "elsewhere"],
+    );
+    assert!(
+        text(&out).contains("holds no artifact store yet"),
+        "{}",
+        text(&out)
+    );
+
+    // A run in progress (it holds the store's lock) without a record yet.
+    let _lock = store.lock("run `other` of other.yaml").unwrap();
+    let out = picie(dir.path(), &["inspect", "other.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("run `other` is in progress (pid "), "{t}");
+    // ... and one with an older record: shown, with a note.
+    drop(_lock);
+    let _lock = store.lock("run `done` of p.yaml").unwrap();
+    let out = picie(dir.path(), &["inspect", "done", "--store", "store"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("note: run `done` is being run now"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}

@@ -6,3 +6,4 @@ mod common;
 mod analysis;
 mod cli;
 mod picie;
+mod report;
