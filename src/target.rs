@@ -114,7 +114,12 @@ pub fn resolve(
         let store_dir = store.map_or(PathBuf::from("artifacts"), Path::to_path_buf);
         (
             store_dir,
-            vec![Target::Run(arg.into()), Target::Sweep(arg.into())],
+            // `NAME-seeds` is a sweep's name: while its members run, it has no record yet.
+            if arg.ends_with("-seeds") {
+                vec![Target::Sweep(arg.into()), Target::Run(arg.into())]
+            } else {
+                vec![Target::Run(arg.into()), Target::Sweep(arg.into())]
+            },
             None,
         )
     };
@@ -134,7 +139,7 @@ pub fn resolve(
     let running = holder.as_deref().filter(|h| match &wanted {
         Target::Run(n) => h.contains(&format!("run `{n}` ")),
         Target::Sweep(n) => h.contains(&format!(
-            "run `{}",
+            "run `{}-seed",
             n.strip_suffix("-seeds").unwrap_or(n.as_str())
         )),
     });

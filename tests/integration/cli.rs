@@ -366,6 +366,12 @@ fn inspect_says_what_exists_when_the_target_does_not() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("run `other` is in progress (pid "), "{t}");
+    drop(_lock);
+    // A sweep whose members are running.
+    let _lock = store.lock("run `other-seed2` of other.yaml").unwrap();
+    let out = picie(dir.path(), &["inspect", "other-seeds", "--store", "store"]);
+    let t = text(&out);
+    assert!(t.contains("sweep `other-seeds` is in progress"), "{t}");
     // ... and one with an older record: shown, with a note.
     drop(_lock);
     let _lock = store.lock("run `done` of p.yaml").unwrap();
