@@ -132,17 +132,19 @@ pub fn resolve(
             None => AnalysisError::NotAStore { path: store_dir },
         });
     }
-    let holder = Store::open(&store_dir)?.holder();
     let wanted = candidates[0].clone();
-    // A run in progress holds the store's lock with "run `NAME` of FILE" (a sweep's members:
-    // "run `NAME-seedN` ...").
-    let running = holder.as_deref().filter(|h| match &wanted {
-        Target::Run(n) => h.contains(&format!("run `{n}` ")),
-        Target::Sweep(n) => h.contains(&format!(
-            "run `{}-seed",
-            n.strip_suffix("-seeds").unwrap_or(n.as_str())
-        )),
-    });
+    // Runs in progress hold runs/NAME/RUNNING (a sweep's members are NAME-seedN).
+    let in_progress = Store::open(&store_dir)?.running();
+    let running = in_progress
+        .iter()
+        .find(|(name, _)| match &wanted {
+            Target::Run(n) => name == n,
+            Target::Sweep(n) => name.starts_with(&format!(
+                "{}-seed",
+                n.strip_suffix("-seeds").unwrap_or(n.as_str())
+            )),
+        })
+        .map(|(_, who)| who.as_str());
     let found = candidates.into_iter().find(|t| match t {
         Target::Run(n) => has_run(&store_dir, n),
         Target::Sweep(n) => has_sweep(&store_dir, n),

@@ -13,9 +13,13 @@ use tracing::{info, warn};
 use crate::artifact::{Artifact, Manifest};
 use crate::context::{Context, Msg, NodeInfo, StreamIn, StreamOut};
 use crate::error::{Error, StageError};
+use crate::lease::Claim;
 use crate::plan::Plan;
 use crate::stage::Mode;
 use crate::store::{now, Lookup, NodeRecord, RunRecord, Store};
+
+/// How often a run waiting for another run's nodes looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -226,18 +230,16 @@ type Done = (usize, Result<BTreeMap<String, Artifact>, StageError>, f64);
 pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, Error> {
     let t0 = Instant::now();
     let started = now();
-    let lock = store.lock(&format!(
-        "run `{}` of {}",
-        plan.spec.name,
-        plan.spec.file.display()
-    ))?;
-    let stale = store.clean_tmp(&lock)?;
+    let who = format!("run `{}` of {}", plan.spec.name, plan.spec.file.display());
+    let lease = store.enter_run(&plan.spec.name, &who)?;
+    let stale = store.clean_tmp()?;
     if stale > 0 {
         info!("removed {stale} half-written artifact(s) left by an interrupted run");
     }
     let decisions = decide(plan, store, opts, true)?;
     let n = plan.nodes.len();
     let running: Vec<bool> = decisions.iter().map(|d| d.run).collect();
+    let forced: Vec<bool> = decisions.iter().map(|d| d.why == Why::Forced).collect();
     let mut available: BTreeMap<(usize, String), Artifact> = BTreeMap::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
     for (i, d) in decisions.into_iter().enumerate() {
@@ -305,10 +307,17 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
     let mut finished = vec![false; n];
     let mut first_error: Option<(usize, StageError)> = None;
     let mut secondary: Option<(usize, StageError)> = None;
+    // Claims on the nodes this run computes, held until each has committed; and the groups
+    // whose nodes another run is computing, with who (see `crate::lease`).
+    let mut claims: Vec<Option<Claim>> = (0..n).map(|_| None).collect();
+    let mut elsewhere: BTreeMap<usize, String> = BTreeMap::new();
+    let mut announced = std::collections::BTreeSet::new();
 
     std::thread::scope(|scope| {
         let mut live = 0usize;
         loop {
+            // Nodes read from another run's commits free their readers: look again at once.
+            let mut adopted = false;
             if cancel_tx.is_some() {
                 // A stream-connected group starts as a whole once every artifact its members
                 // read is committed: no producer fills channels that nobody reads yet.
@@ -326,8 +335,65 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         group_waits[plan.nodes[i].group] = true;
                     }
                 }
+                // Claim every ready group's nodes; a group another run computes waits, and
+                // one that another run has finished meanwhile is read, not recomputed.
+                let ready: std::collections::BTreeSet<usize> = (0..n)
+                    .filter(|&i| running[i] && !started_nodes[i])
+                    .map(|i| plan.nodes[i].group)
+                    .filter(|g| !group_waits[*g] && !elsewhere.contains_key(g))
+                    .collect();
+                for g in ready {
+                    let members: Vec<usize> = (0..n)
+                        .filter(|&i| running[i] && !started_nodes[i] && plan.nodes[i].group == g)
+                        .collect();
+                    let claimed = match claim_group(plan, store, &members, &who) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // The claims folder is unusable: nothing can be run safely.
+                            outcomes[members[0]] = Outcome::Failed {
+                                error: e.to_string(),
+                                secondary: false,
+                            };
+                            first_error.get_or_insert((members[0], StageError::from(e)));
+                            cancel_tx.take();
+                            break;
+                        }
+                    };
+                    match claimed {
+                        Err(holder) => {
+                            if announced.insert(g) {
+                                info!(
+                                    "{}: computed by another run now ({holder}); waiting for it",
+                                    plan.nodes[members[0]].name
+                                );
+                            }
+                            elsewhere.insert(g, holder);
+                        }
+                        Ok(held) => {
+                            if let Some(done) = committed_elsewhere(plan, store, &members, &forced)
+                            {
+                                for (i, arts) in done {
+                                    info!("{} was computed by another run", plan.nodes[i].name);
+                                    adopt(i, arts, &mut available, &mut outcomes);
+                                    started_nodes[i] = true;
+                                    finished[i] = true;
+                                    adopted = true;
+                                }
+                            } else {
+                                for (i, c) in held {
+                                    claims[i] = Some(c);
+                                }
+                            }
+                        }
+                    }
+                }
                 for i in 0..n {
-                    if !running[i] || started_nodes[i] || group_waits[plan.nodes[i].group] {
+                    if cancel_tx.is_none()
+                        || !running[i]
+                        || started_nodes[i]
+                        || group_waits[plan.nodes[i].group]
+                        || elsewhere.contains_key(&plan.nodes[i].group)
+                    {
                         continue;
                     }
                     started_nodes[i] = true;
@@ -383,12 +449,25 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                     }
                 }
             }
-            if live == 0 {
+            if adopted {
+                continue;
+            }
+            if live == 0 && (elsewhere.is_empty() || cancel_tx.is_none()) {
                 break;
             }
-            let (i, r, secs) = done_rx.recv().expect("a sender is held here");
+            let got = if elsewhere.is_empty() {
+                Some(done_rx.recv().expect("a sender is held here"))
+            } else {
+                done_rx.recv_timeout(CLAIM_POLL).ok()
+            };
+            let Some((i, r, secs)) = got else {
+                // Try the waiting groups again: their holder may have finished or died.
+                elsewhere.clear();
+                continue;
+            };
             live -= 1;
             finished[i] = true;
+            claims[i] = None;
             if let Some(hook) = plan.after_stage {
                 hook();
             }
@@ -458,7 +537,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             .collect(),
     };
     let record_path = store.write_run_record(&record)?;
-    drop(lock);
+    drop(lease);
     if let Some((i, source)) = failure {
         return Err(Error::StageFailed {
             node: plan.nodes[i].name.clone(),
@@ -476,6 +555,75 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
         seconds: t0.elapsed().as_secs_f64(),
         record: record_path,
     })
+}
+
+/// Claims `members`' nodes that commit artifacts (streams are not shared), or says who
+/// holds one of them (and holds none).
+fn claim_group(
+    plan: &Plan,
+    store: &Store,
+    members: &[usize],
+    who: &str,
+) -> Result<Result<Vec<(usize, Claim)>, String>, Error> {
+    let mut held = Vec::new();
+    for &i in members {
+        let node = &plan.nodes[i];
+        if !node.has_artifact_outputs() {
+            continue;
+        }
+        match store.claim(&node.key, who)? {
+            Ok(c) => held.push((i, c)),
+            Err(holder) => return Ok(Err(format!("{holder}: `{}`", node.name))),
+        }
+    }
+    Ok(Ok(held))
+}
+
+/// When every node of a group that commits artifacts finds them valid in the store (another
+/// run computed them), those artifacts per node; `None` if something is still to compute
+/// or a node is forced.
+fn committed_elsewhere(
+    plan: &Plan,
+    store: &Store,
+    members: &[usize],
+    forced: &[bool],
+) -> Option<Vec<(usize, BTreeMap<String, Artifact>)>> {
+    let mut out = Vec::new();
+    for &i in members {
+        let node = &plan.nodes[i];
+        if forced[i] {
+            return None;
+        }
+        let mut arts = BTreeMap::new();
+        for p in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
+            match store.lookup(&node.output_keys[p.name]) {
+                Lookup::Valid(a) => {
+                    arts.insert(p.name.to_string(), *a);
+                }
+                _ => return None,
+            }
+        }
+        out.push((i, arts));
+    }
+    // A group of pure stream producers commits nothing: there is nothing to adopt.
+    out.iter().any(|(_, a)| !a.is_empty()).then_some(out)
+}
+
+/// Takes another run's committed outputs of node `i` as this run's.
+fn adopt(
+    i: usize,
+    arts: BTreeMap<String, Artifact>,
+    available: &mut BTreeMap<(usize, String), Artifact>,
+    outcomes: &mut [Outcome],
+) {
+    outcomes[i] = if arts.is_empty() {
+        Outcome::NotNeeded
+    } else {
+        Outcome::Cached
+    };
+    for (out, a) in arts {
+        available.insert((i, out), a);
+    }
 }
 
 fn run_node(

@@ -14,6 +14,7 @@
 //! context   what a running stage sees
 //! section   application-defined top-level sections
 //! store     the content-addressed store; artifact: its Parquet/Arrow tables
+//! lease     many runs on one store: run leases, per-node claims, scratch folders
 //! seeds     multi-seed sweeps: member runs and the sweep record
 //! diag      located diagnostics; error: the engine's errors
 //! ```
@@ -23,6 +24,7 @@ pub mod context;
 pub mod diag;
 pub mod error;
 pub mod exec;
+pub mod lease;
 pub mod plan;
 pub mod section;
 pub mod seeds;

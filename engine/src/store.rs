@@ -1,7 +1,7 @@
 //! The content-addressed artifact store.
 //!
 //! ```text
-//! STORE/LOCK                      held (flock) by the one run writing to this store
+//! STORE/LOCK                      shared by runs, exclusive for gc (see crate::lease)
 //! STORE/objects/ab/abcd…/         one committed artifact: its files + manifest.json
 //! STORE/tmp/                      artifacts being written (cleaned at the next run)
 //! STORE/runs/NAME/latest.json     what a run's nodes map to, for gc, inspect and report
@@ -28,8 +28,12 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("artifact store {root} is in use by another picie run ({holder}); wait for it to finish, or use another `store:`")]
+    #[error("artifact store {root} is in use ({holder}); wait for it to finish")]
     Locked { root: PathBuf, holder: String },
+    #[error(
+        "run `{name}` is already running ({holder}); wait for it, or give this one another `name:`"
+    )]
+    RunInProgress { name: String, holder: String },
     #[error("no artifact in {root} has a key starting with `{prefix}`")]
     NotFound { root: PathBuf, prefix: String },
     #[error("`{prefix}` matches {count} artifacts in {root}; give more of the key")]
@@ -58,6 +62,8 @@ pub struct Store {
     root: PathBuf,
     commit_lock: Mutex<()>,
     counter: AtomicU64,
+    /// This process's folder under tmp/ and the lock that marks it live (see `lease`).
+    pub(crate) scratch: Mutex<Option<(PathBuf, File)>>,
 }
 
 /// Exclusive use of a store for one run; released on drop or when the process dies.
@@ -71,6 +77,7 @@ impl Store {
             root: root.to_path_buf(),
             commit_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
+            scratch: Mutex::new(None),
         };
         for d in ["objects", "tmp", "runs"] {
             let p = root.join(d);
@@ -83,6 +90,10 @@ impl Store {
         &self.root
     }
 
+    pub(crate) fn io_err(&self, path: &Path, source: std::io::Error) -> StoreError {
+        self.io(path, source)
+    }
+
     fn io(&self, path: &Path, source: std::io::Error) -> StoreError {
         StoreError::Io {
             root: self.root.clone(),
@@ -91,7 +102,8 @@ impl Store {
         }
     }
 
-    /// Takes the store for one run, or says who holds it.
+    /// Takes the store for itself (gc), or says who holds it: no run may be in progress.
+    /// Runs share it through [`Store::enter_run`].
     pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
         let path = self.root.join("LOCK");
         let mut file = fs::OpenOptions::new()
@@ -123,23 +135,6 @@ impl Store {
         file.write_all(info.as_bytes())
             .map_err(|e| self.io(&path, e))?;
         Ok(StoreLock { _file: file })
-    }
-
-    /// Removes what an interrupted run left half-written. Call with the lock held.
-    pub fn clean_tmp(&self, _lock: &StoreLock) -> Result<usize, StoreError> {
-        let tmp = self.root.join("tmp");
-        let mut n = 0;
-        for e in fs::read_dir(&tmp).map_err(|e| self.io(&tmp, e))? {
-            let p = e.map_err(|e| self.io(&tmp, e))?.path();
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.map_err(|e| self.io(&p, e))?;
-            n += 1;
-        }
-        Ok(n)
     }
 
     pub fn object_dir(&self, key: &str) -> PathBuf {
@@ -191,10 +186,7 @@ impl Store {
     /// A writer for a new artifact, in a private folder under tmp/.
     pub fn begin(&self, key: &str) -> Result<ArtifactWriter, StoreError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{key}.{}.{n}", std::process::id()));
+        let dir = self.scratch()?.join(format!("{key}.{n}"));
         fs::create_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
         Ok(ArtifactWriter::new(dir))
     }
@@ -249,7 +241,7 @@ impl Store {
         let _g = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         fs::create_dir_all(parent).map_err(|e| self.io(parent, e))?;
         let old = if target.exists() {
-            let old = self.root.join("tmp").join(format!(
+            let old = self.scratch()?.join(format!(
                 "{}.replaced.{}",
                 manifest.key,
                 self.counter.fetch_add(1, Ordering::Relaxed)
@@ -369,21 +361,6 @@ impl Store {
         fs::rename(&tmp, path).map_err(|e| self.io(path, e))
     }
 
-    /// Who holds the store's lock (a run in progress, or gc), if anyone. Creates nothing.
-    pub fn holder(&self) -> Option<String> {
-        let path = self.root.join("LOCK");
-        let mut file = fs::OpenOptions::new().read(true).open(&path).ok()?;
-        match file.try_lock_shared() {
-            Ok(()) => None,
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                Some(holder.trim().to_string())
-            }
-            Err(fs::TryLockError::Error(_)) => None,
-        }
-    }
-
     pub fn run_records(&self) -> Result<Vec<RunRecord>, StoreError> {
         let runs = self.root.join("runs");
         let mut out = Vec::new();
@@ -402,7 +379,7 @@ impl Store {
     }
 
     /// Deletes artifacts that no run's latest record refers to, and leftovers in tmp/.
-    pub fn gc(&self, lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
+    pub fn gc(&self, _lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
         let keep: std::collections::HashSet<String> = self
             .run_records()?
             .into_iter()
@@ -425,7 +402,9 @@ impl Store {
             }
         }
         if !dry_run {
-            report.tmp_removed = self.clean_tmp(lock)?;
+            report.tmp_removed = self.clean_tmp()?;
+            // With the store held, no claim is live: their files are leftovers.
+            let _ = fs::remove_dir_all(self.root.join("claims"));
         }
         Ok(report)
     }

@@ -8,7 +8,7 @@ fn tiny() -> String {
     crate::common::tiny_pipeline("tiny", 1)
 }
 
-fn picie(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn picie(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_picie"))
         .args(args)
         .current_dir(dir)
@@ -17,7 +17,7 @@ fn picie(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -361,20 +361,24 @@ fn inspect_says_what_exists_when_the_target_does_not() {
     );
 
     // A run in progress (it holds the store's lock) without a record yet.
-    let _lock = store.lock("run `other` of other.yaml").unwrap();
+    let _lock = store
+        .enter_run("other", "run `other` of other.yaml")
+        .unwrap();
     let out = picie(dir.path(), &["inspect", "other.yaml"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("run `other` is in progress (pid "), "{t}");
     drop(_lock);
     // A sweep whose members are running.
-    let _lock = store.lock("run `other-seed2` of other.yaml").unwrap();
+    let _lock = store
+        .enter_run("other-seed2", "run `other-seed2` of other.yaml")
+        .unwrap();
     let out = picie(dir.path(), &["inspect", "other-seeds", "--store", "store"]);
     let t = text(&out);
     assert!(t.contains("sweep `other-seeds` is in progress"), "{t}");
     // ... and one with an older record: shown, with a note.
     drop(_lock);
-    let _lock = store.lock("run `done` of p.yaml").unwrap();
+    let _lock = store.enter_run("done", "run `done` of p.yaml").unwrap();
     let out = picie(dir.path(), &["inspect", "done", "--store", "store"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");

@@ -125,22 +125,85 @@ fn a_corrupt_artifact_is_detected_and_recomputed() {
 }
 
 #[test]
-fn a_second_run_on_a_locked_store_is_refused() {
+fn a_run_is_refused_while_gc_holds_the_store_or_its_name_is_running() {
     let f = fixture();
     f.write(&pipeline(10, 2));
     let store = f.store();
-    let _held = store.lock("another run").unwrap();
+    let held = store.lock("gc").unwrap();
     let err = f.run(&pipeline(10, 2)).unwrap_err();
     match &err {
         Error::Store(StoreError::Locked { holder, .. }) => {
-            assert!(holder.contains("another run"), "{holder}")
+            assert!(holder.contains("gc"), "{holder}")
         }
         other => panic!("unexpected {other}"),
     }
+    drop(held);
+    let lease = store.enter_run("t", "run `t` elsewhere").unwrap();
+    let err = f.run(&pipeline(10, 2)).unwrap_err();
     assert!(
-        err.to_string().contains("is in use by another picie run"),
+        err.to_string().contains("run `t` is already running (pid "),
         "{err}"
     );
+    assert_eq!(store.running()[0].0, "t");
+    drop(lease);
+    assert!(store.running().is_empty());
+    f.run(&pipeline(10, 2)).unwrap();
+}
+
+/// Two runs of different names on one store at once: the node they share is computed by
+/// one of them and read by the other.
+#[test]
+fn concurrent_runs_compute_a_shared_node_once() {
+    let f = fixture();
+    let registry = crate::common::registry();
+    let text = |name: &str, add: u64| {
+        slow_pipeline(20).replace("name: t", &format!("name: {name}"))
+            + &format!("    params: {{add: {add}}}\n")
+    };
+    let plans: Vec<picie_engine::Plan> = [("a", 1), ("b", 2)]
+        .iter()
+        .map(|(name, add)| {
+            let path = f.dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&path, text(name, *add)).unwrap();
+            picie_engine::Plan::load(&path, &registry).unwrap()
+        })
+        .collect();
+    let key = |p: &picie_engine::Plan, n: &str| p.nodes[p.index_of(n).unwrap()].key.clone();
+    assert_eq!(key(&plans[0], "slow"), key(&plans[1], "slow"));
+    assert_ne!(key(&plans[0], "after"), key(&plans[1], "after"));
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|p| {
+                s.spawn(|| {
+                    let store = f.store();
+                    picie_engine::run(p, &store, &Default::default())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect()
+    });
+    let slow_ran = reports
+        .iter()
+        .filter(|r| ran(r).contains(&"slow".to_string()))
+        .count();
+    assert_eq!(
+        slow_ran,
+        1,
+        "{:?}",
+        reports.iter().map(|r| &r.nodes).collect::<Vec<_>>()
+    );
+    for r in &reports {
+        assert!(ran(r).contains(&"after".to_string()), "{:?}", r.nodes);
+    }
+    for (p, add) in plans.iter().zip([1, 2]) {
+        let total = f.values(p, "after", "total");
+        let slow = f.values(p, "slow", "table");
+        assert_eq!(total, vec![slow.iter().sum::<u64>() + add]);
+    }
 }
 
 fn slow_pipeline(delay_ms: u64) -> String {
@@ -172,18 +235,19 @@ fn sigkill_child_entry() {
 }
 
 fn tmp_has_part(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("store/tmp"))
-        .map(|it| {
-            it.filter_map(|e| e.ok()).any(|e| {
-                std::fs::read_dir(e.path())
-                    .map(|d| {
-                        d.filter_map(|x| x.ok())
-                            .any(|x| x.path().extension().is_some_and(|e| e == "parquet"))
-                    })
-                    .unwrap_or(false)
+    // tmp/<process folder>/<artifact>/part.parquet
+    fn any_parquet(dir: &Path, depth: u32) -> bool {
+        std::fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(|e| e.ok()).any(|e| {
+                    let p = e.path();
+                    p.extension().is_some_and(|x| x == "parquet")
+                        || (depth > 0 && p.is_dir() && any_parquet(&p, depth - 1))
+                })
             })
-        })
-        .unwrap_or(false)
+            .unwrap_or(false)
+    }
+    any_parquet(&dir.join("store/tmp"), 2)
 }
 
 #[test]
@@ -243,4 +307,51 @@ fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
             "{node}.{out} differs from an uninterrupted run"
         );
     }
+}
+
+/// A run waiting for a node that another process computes takes it over when that process
+/// dies (its claim goes with it), and nothing half-written is read.
+#[test]
+fn a_node_whose_worker_dies_is_taken_over() {
+    let f = fixture();
+    f.write(&slow_pipeline(25));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cache::sigkill_child_entry", "--test-threads=1"])
+        .env("PICIE_TEST_CHILD_DIR", f.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !tmp_has_part(f.dir.path()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the child never started writing"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Another run, another name, the same `slow` node.
+    let path = f.dir.path().join("other.yaml");
+    std::fs::write(&path, slow_pipeline(25).replace("name: t", "name: other")).unwrap();
+    let plan = picie_engine::Plan::load(&path, &crate::common::registry()).unwrap();
+    let report = std::thread::scope(|s| {
+        let waiter = s.spawn(|| picie_engine::run(&plan, &f.store(), &Default::default()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "the second run did not wait");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        waiter.join().unwrap().unwrap()
+    });
+    assert!(
+        ran(&report).contains(&"slow".to_string()),
+        "{:?}",
+        report.nodes
+    );
+    let clean = fixture();
+    let (clean_plan, _) = clean.run(&slow_pipeline(25)).unwrap();
+    assert_eq!(
+        f.values(&plan, "slow", "table"),
+        clean.values(&clean_plan, "slow", "table")
+    );
 }
