@@ -136,15 +136,7 @@ impl Store {
 
     /// Who holds the store exclusively (gc), if anyone. Creates nothing.
     pub fn holder(&self) -> Option<String> {
-        let mut file = File::open(self.root().join("LOCK")).ok()?;
-        match file.try_lock_shared() {
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                Some(holder.trim().to_string())
-            }
-            _ => None,
-        }
+        holder_of(&self.root().join("LOCK"))
     }
 
     /// This process's folder for half-written artifacts, created (and held) on first use.

@@ -250,17 +250,10 @@ fn tmp_has_part(dir: &Path) -> bool {
     any_parquet(&dir.join("store/tmp"), 2)
 }
 
-#[test]
-fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
-    let f = fixture();
-    f.write(&slow_pipeline(25));
+/// A child process running `f`'s pipeline, once it has started writing `slow`'s table.
+fn writing_child(f: &Fixture) -> std::process::Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "cache::sigkill_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "cache::sigkill_child_entry", "--test-threads=1"])
         .env("PICIE_TEST_CHILD_DIR", f.dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -278,6 +271,14 @@ fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    child
+}
+
+#[test]
+fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
+    let f = fixture();
+    f.write(&slow_pipeline(25));
+    let mut child = writing_child(&f);
     std::thread::sleep(Duration::from_millis(100));
     // SIGKILL: no destructor, no unwinding.
     child.kill().unwrap();
@@ -315,22 +316,7 @@ fn a_run_killed_mid_write_resumes_to_the_same_artifacts() {
 fn a_node_whose_worker_dies_is_taken_over() {
     let f = fixture();
     f.write(&slow_pipeline(25));
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "cache::sigkill_child_entry", "--test-threads=1"])
-        .env("PICIE_TEST_CHILD_DIR", f.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !tmp_has_part(f.dir.path()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the child never started writing"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = writing_child(&f);
     // Another run, another name, the same `slow` node.
     let path = f.dir.path().join("other.yaml");
     std::fs::write(&path, slow_pipeline(25).replace("name: t", "name: other")).unwrap();
