@@ -24,7 +24,7 @@ run: build
 test: setup
 	cargo test --workspace --all-targets
 
-# `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, kmeans-camvid,
+# `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, vit, kmeans-camvid,
 # kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
 B ?= all
 bench:

@@ -11,6 +11,8 @@
 //! - kmeans-camvid: the same at CamVid's shape, 2,348,800 x 128, K 11.
 //! - kmeans-stream [MILLIONS]: peak memory of Lloyd streamed over ~10M features on disk.
 //! - evaluate [CAMVID]: the evaluate stage's images/s at 320 on CamVid.
+//! - vit [WEIGHTS]: ViT-S/14 features at 224 and 322, batch 8, all threads vs PyTorch eager
+//!   on the same weights (>= 1x).
 //! - train: seconds per training step (2 x 16 views at 320, loss, backward, Adam) vs the
 //!   release's step in PyTorch eager.
 //!
@@ -20,6 +22,7 @@ mod evaluate;
 mod extract;
 mod kmeans;
 mod train;
+mod vit;
 
 use std::time::Instant;
 
@@ -306,10 +309,11 @@ fn main() -> anyhow::Result<()> {
         "kmeans-stream" => kmeans::bench_stream(num(1, 10)?)?,
         "evaluate" => evaluate::bench(args.get(1).unwrap_or(&camvid))?,
         "train" => train::bench()?,
+        "vit" => vit::bench(args.get(1).map(String::as_str))?,
         "all" | "plan" | "augment" | "rerun" => {}
         other => anyhow::bail!(
             "unknown benchmark `{other}`: all, plan, augment, rerun, extract, kmeans, \
-             kmeans-camvid, kmeans-stream, evaluate, train"
+             kmeans-camvid, kmeans-stream, evaluate, train, vit"
         ),
     }
     Ok(())

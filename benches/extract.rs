@@ -55,22 +55,27 @@ pub fn bench() -> anyhow::Result<()> {
             format!("{r:.2} images/s (median of {ITERS}, batch {BATCH}, {SIZE}x{SIZE}, {THREADS} threads)"),
         ))
     })?;
+    print_ratio("extract ", &ours, &theirs);
+    Ok(())
+}
+
+/// Prints our best round's rate over the reference's (rates: higher is faster), if it ran.
+pub fn print_ratio(name: &str, ours: &[f64], theirs: &[f64]) {
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     if !theirs.is_empty() {
         println!(
-            "extract  ratio picie / PyTorch (best round each) = {:.2}x   target >= 1x",
-            best(&ours) / best(&theirs)
+            "{name} ratio picie / PyTorch (best round each) = {:.2}x   target >= 1x",
+            best(ours) / best(theirs)
         );
     }
-    Ok(())
 }
 
 /// Two alternating rounds of ours (its figure and the line to print) and the reference
 /// script, so other load on the machine hits both alike; returns each side's figures.
-pub fn alternate_rounds(
+pub fn alternate_rounds<V: std::fmt::Display>(
     name: &str,
     script: &Path,
-    args: &[(&str, usize)],
+    args: &[(&str, V)],
     mut ours: impl FnMut() -> anyhow::Result<(f64, String)>,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
@@ -87,7 +92,10 @@ pub fn alternate_rounds(
 
 /// Runs a reference script with the venv's Python; returns its line (without the
 /// `name: ` prefix) and the number that follows the prefix.
-pub fn reference(script: &Path, args: &[(&str, usize)]) -> anyhow::Result<(String, Option<f64>)> {
+pub fn reference<V: std::fmt::Display>(
+    script: &Path,
+    args: &[(&str, V)],
+) -> anyhow::Result<(String, Option<f64>)> {
     let mut cmd = std::process::Command::new(picie::python());
     cmd.arg(script);
     for (flag, value) in args {

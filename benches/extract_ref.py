@@ -30,29 +30,41 @@ class PicieNet(PanopticFPN):
         return F.normalize(super().forward(x)[1], dim=1, p=2)
 
 
-def main():
+def parser(batch, size, warmup):
+    """The options every extraction reference takes, with its defaults."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--size", type=int, default=size)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--iters", type=int, default=5)
-    a = ap.parse_args()
+    return ap
+
+
+def median_rate(net, x, warmup, iters):
+    """Median images/s of `net(x)` under no_grad over `iters` runs after `warmup`, and the
+    last output."""
+    rates = []
+    with torch.no_grad():
+        for i in range(warmup + iters):
+            t = time.perf_counter()
+            out = net(x)
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                rates.append(x.shape[0] / dt)
+    return statistics.median(rates), out
+
+
+def main():
+    a = parser(batch=16, size=320, warmup=2).parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     net = PicieNet().eval()
     x = torch.randn(a.batch, 3, a.size, a.size)
-    rates = []
-    with torch.no_grad():
-        for i in range(a.warmup + a.iters):
-            t = time.perf_counter()
-            out = net(x)
-            dt = time.perf_counter() - t
-            if i >= a.warmup:
-                rates.append(a.batch / dt)
+    rate, out = median_rate(net, x, a.warmup, a.iters)
     assert out.shape == (a.batch, 128, a.size // 4, a.size // 4), out.shape
     print(
-        f"extract_ref: {statistics.median(rates):.2f} images/s "
+        f"extract_ref: {rate:.2f} images/s "
         f"(median of {a.iters}, batch {a.batch}, {a.size}x{a.size}, {a.threads} threads, "
         f"torch {torch.__version__})"
     )

@@ -7,15 +7,21 @@ Accepts a torchvision state dict (`conv1.weight`, ..., `fc.*`), the PiCIE releas
 checkpoint (`{'state_dict': {'module.backbone.*', 'module.decoder.*'}}`, other entries such
 as `epoch` or `optimizer` ignored), or a bare state dict. Keys are kept as they are (the Rust
 loader understands all three layouts). Floating tensors become contiguous float32; integer
-tensors (`num_batches_tracked`, int64) keep their dtype. Exit status 2 on bad input.
+tensors (`num_batches_tracked`, int64) keep their dtype. DINO and DINOv2 ViT files
+(`cls_token`, `pos_embed`, `blocks.N.*`, ...) are kept as they are too, and their shape is
+summarised (patch, width, blocks, grid) to choose the ViT's settings. Exit status 2 on bad
+input. ONNX exports go through import_onnx.py instead.
 """
 
+import os
 import sys
 from collections import OrderedDict
 
 
 def fail(msg):
-    print(f"import_weights: error: {msg}", file=sys.stderr)
+    # Named after the script that runs (import_onnx.py shares this function).
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    print(f"{name}: error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -35,13 +41,49 @@ def extract_state_dict(obj, path):
     return obj
 
 
+def vit_summary(shapes):
+    """One line describing a DINO/DINOv2-layout ViT from its tensor shapes (name -> list),
+    or None when the tensors are not one."""
+    patch = shapes.get("patch_embed.proj.weight")
+    pos = shapes.get("pos_embed")
+    if not patch or not pos or len(patch) != 4 or len(pos) != 3:
+        return None
+    dim, grid = patch[0], int(round((pos[1] - 1) ** 0.5))
+    depth = 1 + max(
+        (int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()),
+        default=-1,
+    )
+    layer_scale = any(k.endswith(".ls1.gamma") for k in shapes)
+    registers = shapes.get("register_tokens", [1, 0])[1]
+    size = {384: "S", 768: "B", 1024: "L", 1536: "g"}.get(dim, "?")
+    family = "DINOv2" if layer_scale else "DINO"
+    return (
+        f"ViT-{size}/{patch[2]} ({family} layout): {dim} channels, {depth} blocks, trained "
+        f"position grid {grid} x {grid}, layer scale {'yes' if layer_scale else 'no'}, "
+        f"{registers} register tokens"
+    )
+
+
+def save_and_report(save_file, out, dst, notes=()):
+    """Writes `out` (name -> tensor or array) with `save_file`, then prints `notes`, the
+    ViT summary if the tensors are one, and the count."""
+    try:
+        save_file(out, dst)
+    except Exception as e:  # noqa: BLE001
+        fail(f"cannot write {dst}: {e}")
+    for line in notes:
+        print(line)
+    summary = vit_summary({k: list(v.shape) for k, v in out.items()})
+    if summary:
+        print(summary)
+    print(f"wrote {len(out)} tensors to {dst}")
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         sys.exit(2)
     src, dst = argv[1], argv[2]
-    import os
-
     if not os.path.isfile(src):
         fail(f"input file {src} does not exist")
     try:
@@ -75,11 +117,7 @@ def main(argv):
     if bad:
         shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
         fail(f"{src} is not a state dict of tensors: {shown}")
-    try:
-        save_file(out, dst)
-    except Exception as e:  # noqa: BLE001
-        fail(f"cannot write {dst}: {e}")
-    print(f"wrote {len(out)} tensors to {dst}")
+    save_and_report(save_file, out, dst)
 
 
 if __name__ == "__main__":

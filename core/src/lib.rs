@@ -15,6 +15,7 @@ pub mod model;
 pub mod predict;
 pub mod transforms;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The repository's root (this crate's parent folder): the venv, the Python reference
@@ -72,4 +73,23 @@ where
         String::from_utf8_lossy(&out.stderr)
     );
     Some(out)
+}
+
+/// For tests: the largest |a - b| over all elements, computed in f64. Panics when the shapes
+/// differ.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// For tests: a safetensors file's tensors by name (an oracle's output). Panics naming the
+/// file when it cannot be read.
+pub fn read_tensors(path: &Path) -> HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
 }

@@ -7,3 +7,4 @@ mod analysis;
 mod cli;
 mod picie;
 mod report;
+mod vit;

@@ -288,6 +288,7 @@ fn to_torchvision(mut keras: HashMap<String, Tensor>) -> Result<Vec<(String, Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::max_abs_diff as max_diff;
     use crate::model::{weights, Arch, LoadConfig, NetConfig, PicieNet, ResNet, ResNetConfig};
     use std::process::Command;
     use tch::nn::VarStore;
@@ -301,14 +302,6 @@ mod tests {
     pub(super) fn python() -> Option<PathBuf> {
         let p = crate::python();
         p.exists().then_some(p)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size());
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
     }
 
     /// Writes a one-shard TensorFlow.js model whose tensors hold 0.01, 0.02, ...; the shard

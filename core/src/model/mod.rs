@@ -4,10 +4,14 @@
 //! Variables live under `backbone.*` (torchvision's names) and `decoder.*` (the release's
 //! `layer1..layer4`), so the release's checkpoints and torchvision's weights load by name
 //! (see [`weights`]).
+//!
+//! [`vit`] holds a DINO / DINOv2 Vision Transformer backbone with its own loader; it is not
+//! part of [`PicieNet`] yet.
 
 pub mod fpn;
 pub mod keras;
 pub mod resnet;
+pub mod vit;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -167,6 +171,54 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
     Ok(x.f_div(&norm)?)
 }
 
+/// Checks that `x` is a non-empty N x 3 x H x W floating-point batch of `weight`'s dtype and
+/// on its device (every backbone's first check), so that misuse gets a message naming the
+/// shape instead of a deep libtorch error.
+pub(crate) fn check_image_batch(x: &Tensor, weight: &Tensor) -> Result<(), ModelError> {
+    let shape = x.size();
+    let bad = |reason: String| {
+        Err(ModelError::BadInput {
+            shape: shape.clone(),
+            reason,
+        })
+    };
+    let [n, c, h, w] = shape[..] else {
+        return bad(format!(
+            "expected 4 dimensions (N x 3 x H x W), got {}",
+            shape.len()
+        ));
+    };
+    if c != 3 {
+        return bad(format!(
+            "expected 3 input channels (N x 3 x H x W), got {c}"
+        ));
+    }
+    if n < 1 || h < 1 || w < 1 {
+        return bad("the batch and the images must be non-empty".into());
+    }
+    if !x.is_floating_point() {
+        return bad(format!(
+            "expected a floating-point image batch, got {:?} (convert, and normalise, first)",
+            x.kind()
+        ));
+    }
+    if x.kind() != weight.kind() {
+        return bad(format!(
+            "input dtype {:?} differs from the network's {:?}",
+            x.kind(),
+            weight.kind()
+        ));
+    }
+    if x.device() != weight.device() {
+        return bad(format!(
+            "input is on {:?} but the network is on {:?}",
+            x.device(),
+            weight.device()
+        ));
+    }
+    Ok(())
+}
+
 impl PicieNet {
     /// Creates `backbone.*` and `decoder.*` under `vs`.
     pub fn new(vs: &nn::Path, cfg: &NetConfig) -> Result<Self, ModelError> {
@@ -214,49 +266,7 @@ impl PicieNet {
     /// of their dtype, so that misuse gets a message naming the shape instead of a deep
     /// libtorch error.
     pub fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
-        let shape = x.size();
-        let bad = |reason: String| {
-            Err(ModelError::BadInput {
-                shape: shape.clone(),
-                reason,
-            })
-        };
-        let [n, c, h, w] = shape[..] else {
-            return bad(format!(
-                "expected 4 dimensions (N x 3 x H x W), got {}",
-                shape.len()
-            ));
-        };
-        if c != 3 {
-            return bad(format!(
-                "expected 3 input channels (N x 3 x H x W), got {c}"
-            ));
-        }
-        if n < 1 || h < 1 || w < 1 {
-            return bad("the batch and the images must be non-empty".into());
-        }
-        let weight = &self.backbone.first_conv_weight();
-        if !x.is_floating_point() {
-            return bad(format!(
-                "expected a floating-point image batch, got {:?} (convert, and normalise, first)",
-                x.kind()
-            ));
-        }
-        if x.kind() != weight.kind() {
-            return bad(format!(
-                "input dtype {:?} differs from the network's {:?}",
-                x.kind(),
-                weight.kind()
-            ));
-        }
-        if x.device() != weight.device() {
-            return bad(format!(
-                "input is on {:?} but the network is on {:?}",
-                x.device(),
-                weight.device()
-            ));
-        }
-        Ok(())
+        check_image_batch(x, self.backbone.first_conv_weight())
     }
 
     /// The L2-normalised N x D x H/4 x W/4 feature map (sizes rounded up at each stride-2
@@ -284,8 +294,8 @@ impl PicieNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{max_abs_diff as max_diff, read_tensors as read};
     use std::collections::HashMap;
-    use std::path::Path;
     use tch::{nn::VarStore, Device, Kind};
 
     fn net(cfg: &NetConfig) -> (VarStore, PicieNet) {
@@ -428,21 +438,6 @@ mod tests {
     }
 
     // ---- PyTorch parity --------------------------------------------------------------
-
-    fn read(path: &Path) -> HashMap<String, Tensor> {
-        Tensor::read_safetensors(path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .into_iter()
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.size(), b.size());
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[])
-    }
 
     /// Compares `got` with `reference[prefix.name]` for each name; returns the report lines.
     fn compare(

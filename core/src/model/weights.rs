@@ -153,15 +153,78 @@ fn detect_layout<'a>(keys: impl Iterator<Item = &'a str>) -> Layout {
 
 /// The network variable a file key is meant for, if any: the release's `module.` prefix is
 /// dropped; unprefixed (torchvision) names go under `backbone.` when the network has one.
-fn target<'v>(key: &str, vars: &'v HashMap<String, Tensor>) -> Option<&'v str> {
+pub(crate) fn target<'v>(key: &str, vars: &'v HashMap<String, Tensor>) -> Option<&'v str> {
     let stripped = key.strip_prefix("module.").unwrap_or(key);
     [stripped.to_string(), format!("backbone.{stripped}")]
         .into_iter()
         .find_map(|cand| vars.get_key_value(&cand).map(|(k, _)| k.as_str()))
 }
 
-fn in_scope(variable: &str, backbone_only: bool) -> bool {
-    !backbone_only || !variable.starts_with("decoder.")
+/// How one network's file keys fill its variables; [`load_tensors`] (ResNet + decoder) and
+/// the ViT's loader share [`load_with`] through it, so both report problems the same way.
+pub(crate) trait KeyRules {
+    /// The variable a file key fills, if any.
+    fn variable<'v>(&self, key: &str, vars: &'v HashMap<String, Tensor>) -> Option<&'v str>;
+    /// A key that fills no variable on purpose and is skipped (torchvision's `fc.*`).
+    fn ignored(&self, key: &str) -> bool;
+    /// Whether this load fills the variable; the others keep their values (`not_loaded`)
+    /// and file keys for them are skipped.
+    fn in_scope(&self, variable: &str) -> bool;
+    /// A variable the file may lack, left as it is (`defaulted`).
+    fn may_default(&self, variable: &str) -> bool;
+}
+
+/// The ResNet + decoder rules: the layouts of the module docs, and the load's scope.
+struct ResNetRules {
+    layout: Layout,
+    backbone_only: bool,
+}
+
+impl KeyRules for ResNetRules {
+    fn variable<'v>(&self, key: &str, vars: &'v HashMap<String, Tensor>) -> Option<&'v str> {
+        target(key, vars)
+    }
+    fn ignored(&self, key: &str) -> bool {
+        self.layout == Layout::Torchvision && key.starts_with("fc.")
+    }
+    fn in_scope(&self, variable: &str) -> bool {
+        !self.backbone_only || !variable.starts_with("decoder.")
+    }
+    fn may_default(&self, variable: &str) -> bool {
+        variable.ends_with(".num_batches_tracked")
+    }
+}
+
+/// What [`load_with`] did: [`LoadReport`] without the layout, each list sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loaded {
+    /// Variables whose values came from the file.
+    pub loaded: usize,
+    /// File keys deliberately not used.
+    pub skipped: Vec<String>,
+    /// Variables the file lacked and that kept their values (see [`KeyRules::may_default`]).
+    pub defaulted: Vec<String>,
+    /// Variables outside the load's scope, which kept their values.
+    pub not_loaded: Vec<String>,
+}
+
+/// Reads a safetensors file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
+    Tensor::read_safetensors(path).map_err(|source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Names `path` as the source of a key mismatch (the loaders see tensors, not files).
+pub(crate) fn from_file<T>(path: &Path, r: Result<T, ModelError>) -> Result<T, ModelError> {
+    r.map_err(|e| match e {
+        ModelError::Checkpoint { mismatch, .. } => ModelError::Checkpoint {
+            source_name: path.display().to_string(),
+            mismatch,
+        },
+        e => e,
+    })
 }
 
 /// Loads `path` (safetensors) into `vs`. See the module docs for the accepted layouts.
@@ -171,17 +234,7 @@ pub fn load(
     cfg: &LoadConfig,
 ) -> Result<LoadReport, ModelError> {
     let path = path.as_ref();
-    let tensors = Tensor::read_safetensors(path).map_err(|source| ModelError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    load_tensors(vs, tensors, cfg).map_err(|e| match e {
-        ModelError::Checkpoint { mismatch, .. } => ModelError::Checkpoint {
-            source_name: path.display().to_string(),
-            mismatch,
-        },
-        e => e,
-    })
+    from_file(path, load_tensors(vs, read_file(path)?, cfg))
 }
 
 /// [`load`] for tensors already in memory (e.g. converted by the caller).
@@ -190,21 +243,45 @@ pub fn load_tensors(
     tensors: Vec<(String, Tensor)>,
     cfg: &LoadConfig,
 ) -> Result<LoadReport, ModelError> {
-    let vars = vs.variables();
     let layout = detect_layout(tensors.iter().map(|(k, _)| k.as_str()));
     let backbone_only = match cfg.scope {
         Scope::Auto => layout == Layout::Torchvision,
         Scope::Full => false,
         Scope::BackboneOnly => true,
     };
+    let done = load_with(
+        vs,
+        tensors,
+        &ResNetRules {
+            layout,
+            backbone_only,
+        },
+    )?;
+    Ok(LoadReport {
+        layout,
+        loaded: done.loaded,
+        skipped: done.skipped,
+        defaulted: done.defaulted,
+        not_loaded: done.not_loaded,
+    })
+}
 
+/// Fills the variables of `vs` from `tensors` under `rules`, all or nothing: every missing
+/// key, unexpected key and shape mismatch is collected into one error, and `vs` is left
+/// untouched unless everything fits.
+pub(crate) fn load_with(
+    vs: &VarStore,
+    tensors: Vec<(String, Tensor)>,
+    rules: &impl KeyRules,
+) -> Result<Loaded, ModelError> {
+    let vars = vs.variables();
     let mut mismatch = KeyMismatch::default();
     let mut skipped = Vec::new();
     // variable -> (file key, tensor); BTreeMap for a deterministic copy order.
     let mut assigned: BTreeMap<&str, (String, Tensor)> = BTreeMap::new();
     for (key, tensor) in tensors {
-        match target(&key, &vars) {
-            Some(var) if !in_scope(var, backbone_only) => skipped.push(key),
+        match rules.variable(&key, &vars) {
+            Some(var) if !rules.in_scope(var) => skipped.push(key),
             Some(var) => {
                 let (file_shape, network_shape) = (tensor.size(), vars[var].size());
                 if let Some((first, _)) = assigned.get(var) {
@@ -224,7 +301,7 @@ pub fn load_tensors(
                     assigned.insert(var, (key, tensor));
                 }
             }
-            None if layout == Layout::Torchvision && key.starts_with("fc.") => skipped.push(key),
+            None if rules.ignored(&key) => skipped.push(key),
             None => mismatch.unexpected.push(key),
         }
     }
@@ -240,9 +317,9 @@ pub fn load_tensors(
         if assigned.contains_key(name.as_str()) || shape_failed.contains(&name.as_str()) {
             continue;
         }
-        if !in_scope(name, backbone_only) {
+        if !rules.in_scope(name) {
             not_loaded.push(name.clone());
-        } else if name.ends_with(".num_batches_tracked") {
+        } else if rules.may_default(name) {
             defaulted.push(name.clone());
         } else {
             mismatch.missing.push(name.clone());
@@ -273,8 +350,7 @@ pub fn load_tensors(
     skipped.sort();
     defaulted.sort();
     not_loaded.sort();
-    Ok(LoadReport {
-        layout,
+    Ok(Loaded {
         loaded: assigned.len(),
         skipped,
         defaulted,
