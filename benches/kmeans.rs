@@ -177,7 +177,7 @@ pub fn bench_stream(millions: usize) -> anyhow::Result<()> {
         picie_version: String::new(),
         provenance: serde_json::Value::Null,
     };
-    let art = store.commit(w, manifest)?;
+    let art = store.commit(w, manifest, true)?;
     let bytes: u64 = art.manifest.files.iter().map(|f| f.bytes).sum();
     println!(
         "stream   wrote {rows} x {d} features ({:.2} GB as f32, {:.2} GB of Parquet) in {:.0} s",

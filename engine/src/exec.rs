@@ -434,10 +434,11 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         progress: bar,
                     };
                     let tx = done_tx.clone();
+                    let forced_here = forced[i];
                     let builder = std::thread::Builder::new().name(node.name.clone());
                     let spawned = builder.spawn_scoped(scope, move || {
                         let t = Instant::now();
-                        let r = run_node(plan, store, i, ctx);
+                        let r = run_node(plan, store, i, ctx, forced_here);
                         let _ = tx.send((i, r, t.elapsed().as_secs_f64()));
                     });
                     if let Err(e) = spawned {
@@ -626,11 +627,15 @@ fn adopt(
     }
 }
 
+/// Runs node `i` and commits its outputs. Unless `forced`, an output that another run
+/// committed meanwhile under the same key is kept as it is (content-addressed: it is the
+/// same result), so that readers of it never see it swapped.
 fn run_node(
     plan: &Plan,
     store: &Store,
     i: usize,
     mut ctx: Context,
+    forced: bool,
 ) -> Result<BTreeMap<String, Artifact>, StageError> {
     let node = &plan.nodes[i];
     let t = Instant::now();
@@ -677,7 +682,7 @@ fn run_node(
             picie_version: plan.version.clone(),
             provenance: node.provenance.clone(),
         };
-        committed.insert(name, store.commit(w, manifest)?);
+        committed.insert(name, store.commit(w, manifest, forced)?);
     }
     Ok(committed)
 }

@@ -192,14 +192,23 @@ impl Store {
     }
 
     /// Checksums, fsyncs and renames a finished writer into place. An artifact already
-    /// under the key (a forced re-run, or a corrupt one) is replaced only after the new one
-    /// is complete on disk.
+    /// under the key is replaced (only after the new one is complete on disk) when `replace`
+    /// (a forced re-run) or when it is not valid; a valid one is otherwise kept and the new
+    /// files dropped: the key says they hold the same result, and another run may be
+    /// reading it.
     pub fn commit(
         &self,
         mut writer: ArtifactWriter,
         mut manifest: Manifest,
+        replace: bool,
     ) -> Result<Artifact, crate::error::StageError> {
         writer.finish()?;
+        if !replace {
+            if let Lookup::Valid(existing) = self.lookup(&manifest.key) {
+                let _ = fs::remove_dir_all(&writer.dir);
+                return Ok(*existing);
+            }
+        }
         let dir = writer.dir.clone();
         let mut files = Vec::new();
         for (name, format, rows) in &writer.files {

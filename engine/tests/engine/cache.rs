@@ -341,3 +341,30 @@ fn a_node_whose_worker_dies_is_taken_over() {
         clean.values(&clean_plan, "slow", "table")
     );
 }
+
+/// A stream producer that reruns for a new reader recommits its table under the same key:
+/// the valid artifact already there is kept (another run may be reading it); `--force`
+/// replaces it.
+#[test]
+fn a_valid_artifact_is_kept_unless_forced() {
+    let f = fixture();
+    let created = |plan: &picie_engine::Plan| {
+        let m = std::fs::read(artifact_dir(&f, plan, "src", "table").join("manifest.json"));
+        serde_json::from_slice::<serde_json::Value>(&m.unwrap()).unwrap()["created"].clone()
+    };
+    let (plan, _) = f.run(&pipeline(10, 2)).unwrap();
+    let first = created(&plan);
+    std::thread::sleep(Duration::from_millis(20));
+    let (plan, r) = f.run(&pipeline(10, 3)).unwrap();
+    assert!(
+        ran(&r).contains(&"src".to_string()),
+        "src streams to the new x"
+    );
+    assert_eq!(created(&plan), first);
+    let force = picie_engine::RunOptions {
+        force: vec!["src".into()],
+        ..Default::default()
+    };
+    let (plan, _) = f.run_with(&pipeline(10, 3), &force).unwrap();
+    assert_ne!(created(&plan), first);
+}
