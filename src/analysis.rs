@@ -106,10 +106,7 @@ impl Run {
         }
         let path = store_dir.join("runs").join(run_name).join("latest.json");
         // A name with a separator could escape runs/; treat it as unknown.
-        let plain = !run_name.is_empty()
-            && !run_name.contains(['/', '\\'])
-            && run_name != "."
-            && run_name != "..";
+        let plain = crate::target::plain(run_name);
         if !plain || !path.is_file() {
             return Err(AnalysisError::NoSuchRun {
                 run: run_name.to_string(),

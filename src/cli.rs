@@ -207,11 +207,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 );
             }
             let report = exec::run(&plan, &store, &opts)?;
-            let ran = report
-                .nodes
-                .iter()
-                .filter(|(_, o)| matches!(o, exec::Outcome::Ran { .. }))
-                .count();
+            let ran = report.ran();
             let cached = report
                 .nodes
                 .iter()
@@ -436,11 +432,7 @@ fn run_sweep(
         let report = exec::run(&member, store, opts)
             .with_context(|| format!("seed {seed} (run `{}`)", member.spec.name))?;
         if !quiet {
-            let ran = report
-                .nodes
-                .iter()
-                .filter(|(_, o)| matches!(o, exec::Outcome::Ran { .. }))
-                .count();
+            let ran = report.ran();
             println!(
                 "seed {seed}: {ran} stage(s) ran, {} cached, {:.2}s",
                 report.nodes.len() - ran,

@@ -79,7 +79,7 @@ fn has_sweep(store: &Path, name: &str) -> bool {
 }
 
 /// A name that cannot leave runs/.
-fn plain(name: &str) -> bool {
+pub(crate) fn plain(name: &str) -> bool {
     !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
 }
 

@@ -223,6 +223,16 @@ pub struct RunReport {
     pub record: std::path::PathBuf,
 }
 
+impl RunReport {
+    /// How many nodes ran (rather than being read from the store or skipped).
+    pub fn ran(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ran { .. }))
+            .count()
+    }
+}
+
 type Done = (usize, Result<BTreeMap<String, Artifact>, StageError>, f64);
 
 /// Runs what `decide` says must run. On failure, the first real error is returned after

@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::{now, Store, StoreError};
+use crate::store::{now, Store, StoreError, StoreLock};
 
 /// The right to run as NAME on a store: released on drop or when the process dies.
 pub struct RunLease {
@@ -134,9 +134,18 @@ impl Store {
         out
     }
 
-    /// Who holds the store exclusively (gc), if anyone. Creates nothing.
-    pub fn holder(&self) -> Option<String> {
-        holder_of(&self.root().join("LOCK"))
+    /// Takes the store for itself (gc), or says who holds it: no run may be in progress.
+    /// Runs share it through [`Store::enter_run`].
+    pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
+        let path = self.root().join("LOCK");
+        let mut file = try_hold(&path, false)
+            .map_err(|e| self.io_err(&path, e))?
+            .map_err(|holder| StoreError::Locked {
+                root: self.root().to_path_buf(),
+                holder,
+            })?;
+        say(&mut file, what).map_err(|e| self.io_err(&path, e))?;
+        Ok(StoreLock { _file: file })
     }
 
     /// This process's folder for half-written artifacts, created (and held) on first use.

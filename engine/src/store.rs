@@ -11,7 +11,7 @@
 //! into objects/: a crash leaves either the old state or the new one, never half of it.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -68,7 +68,7 @@ pub struct Store {
 
 /// Exclusive use of a store for one run; released on drop or when the process dies.
 pub struct StoreLock {
-    _file: File,
+    pub(crate) _file: File,
 }
 
 impl Store {
@@ -100,41 +100,6 @@ impl Store {
             path: path.to_path_buf(),
             source,
         }
-    }
-
-    /// Takes the store for itself (gc), or says who holds it: no run may be in progress.
-    /// Runs share it through [`Store::enter_run`].
-    pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
-        let path = self.root.join("LOCK");
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| self.io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(StoreError::Locked {
-                    root: self.root.clone(),
-                    holder: if holder.is_empty() {
-                        "holder unknown".into()
-                    } else {
-                        holder.to_string()
-                    },
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(self.io(&path, e)),
-        }
-        let info = format!("pid {}, {what}, since {}", std::process::id(), now());
-        file.set_len(0).map_err(|e| self.io(&path, e))?;
-        file.write_all(info.as_bytes())
-            .map_err(|e| self.io(&path, e))?;
-        Ok(StoreLock { _file: file })
     }
 
     pub fn object_dir(&self, key: &str) -> PathBuf {
