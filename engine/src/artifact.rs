@@ -305,6 +305,17 @@ impl Artifact {
             })
     }
 
+    /// [`Self::batches`] owning the artifact, for a reader kept across other borrows.
+    pub fn into_batches(self) -> impl Iterator<Item = Result<RecordBatch, StageError>> + Send {
+        let files: Vec<(PathBuf, Format)> = self.table_files().collect();
+        files
+            .into_iter()
+            .flat_map(|(path, format)| match open_table(&path, format) {
+                Ok(it) => it,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            })
+    }
+
     /// All batches (small tables only).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>, StageError> {
         self.batches().collect()

@@ -39,6 +39,16 @@ pub struct PlanNode {
     pub provenance: serde_json::Value,
 }
 
+/// What a [`crate::stage::PlanCheck`] found: a problem at node `node` (an index into
+/// [`Plan::nodes`]), placed at its param `field` when given, else at the stage's name.
+/// The same problem found at several epochs of a loop stage is reported once.
+pub struct PlanProblem {
+    pub node: usize,
+    pub field: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
 pub struct PlanInput {
     pub port: Port,
     /// (producer node index, producer output name); `None` for an absent optional input.
@@ -371,8 +381,32 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 });
             }
         }
+        let given = |name: &str| d.spec.inputs.iter().any(|i| i.port == name);
         for port in &declared {
-            if !d.spec.inputs.iter().any(|i| i.port == port.name) {
+            // Alternatives are reported once, at the first of the two names.
+            if let Some(other) = port.instead_of.filter(|o| port.name < *o) {
+                let both = given(port.name) && given(other);
+                if both || !(given(port.name) || given(other)) {
+                    let loc = d
+                        .spec
+                        .inputs
+                        .iter()
+                        .find(|i| i.port == other)
+                        .map_or(d.spec.name_loc, |i| i.port_loc);
+                    diags.push(Diagnostic::new(
+                        loc,
+                        format!(
+                            "stage `{}` ({}) reads {} of `{}` and `{}`; give exactly one",
+                            d.spec.name,
+                            d.spec.kind,
+                            if both { "both" } else { "neither" },
+                            port.name,
+                            other
+                        ),
+                    ));
+                }
+            }
+            if !given(port.name) {
                 if port.optional {
                     wired.push(PlanInput {
                         port: port.clone(),
@@ -457,7 +491,11 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
                 .source
                 .as_ref()
                 .map(|(p, out)| nodes[*p].output_keys[out].clone());
-            input_keys.insert(w.port.name.to_string(), key);
+            // The unwired one of two alternatives says nothing: leaving it out keeps the keys
+            // a kind had before it gained the alternative.
+            if key.is_some() || w.port.instead_of.is_none() {
+                input_keys.insert(w.port.name.to_string(), key);
+            }
         }
         let reads = |n: &str| global.contains(&n) || kind.sections().contains(&n);
         let mut provenance = json!({
@@ -466,7 +504,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             "params": conf.canonical(),
             // Null for kinds that draw nothing from it: a sweep's runs share those nodes.
             "seed": if conf.seeded() { json!(spec.seed) } else { serde_json::Value::Null },
-            "epoch": d.epoch,
+            "epoch": d.epoch.and_then(|e| conf.key_epoch(e)),
             "inputs": input_keys,
         });
         for (k, v) in registry.provenance_fields() {
@@ -520,14 +558,44 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             provenance,
         });
     }
-    Some(Plan {
+    let plan = Plan {
         spec,
         sections,
         global_sections: global,
         version: registry.version().to_string(),
         after_stage: registry.after_stage_hook(),
         nodes,
-    })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for check in registry.plan_checks() {
+        for p in check(&plan) {
+            let Some(node) = plan.nodes.get(p.node) else {
+                continue;
+            };
+            let Some(st) = plan
+                .spec
+                .stages
+                .iter()
+                .chain(plan.spec.epoch_loop.iter().flat_map(|l| l.stages.iter()))
+                .find(|s| s.name == node.stage)
+            else {
+                continue;
+            };
+            let loc = p
+                .field
+                .as_deref()
+                .and_then(|f| st.params.as_ref()?.as_mapping()?.get_node(f))
+                .map_or(st.name_loc, |n| crate::diag::Loc::of(n.span()));
+            if seen.insert((loc.line, loc.column, p.message.clone())) {
+                let d = Diagnostic::new(loc, p.message);
+                diags.push(match p.hint {
+                    Some(h) => d.hint(h),
+                    None => d,
+                });
+            }
+        }
+    }
+    Some(plan)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -32,6 +32,9 @@ pub struct Port {
     pub ty: &'static str,
     pub mode: Mode,
     pub optional: bool,
+    /// An input that stands in for another (`tokens` instead of `batches`): exactly one of
+    /// the two must be wired, which the plan checks.
+    pub instead_of: Option<&'static str>,
 }
 
 impl Port {
@@ -41,6 +44,7 @@ impl Port {
             ty,
             mode: Mode::Stream,
             optional: false,
+            instead_of: None,
         }
     }
     pub const fn artifact(name: &'static str, ty: &'static str) -> Self {
@@ -49,10 +53,17 @@ impl Port {
             ty,
             mode: Mode::Artifact,
             optional: false,
+            instead_of: None,
         }
     }
     pub const fn optional(mut self) -> Self {
         self.optional = true;
+        self
+    }
+    /// Makes this input and `other` alternatives: both optional, exactly one wired.
+    pub const fn instead_of(mut self, other: &'static str) -> Self {
+        self.optional = true;
+        self.instead_of = Some(other);
         self
     }
 }
@@ -130,6 +141,14 @@ pub trait Stage: Send + Sized + 'static {
     fn seeded(_params: &Self::Params) -> bool {
         true
     }
+    /// The epoch that goes into a loop node's cache key: by default its own. A kind whose
+    /// output repeats with a period (a pool of N augmentation draws) returns the epoch it
+    /// repeats, and one whose output depends on its epoch only through its inputs returns
+    /// `None`: such nodes of different epochs share one key, so later epochs read what an
+    /// earlier one stored. The stage still sees its real epoch in [`Context::epoch`].
+    fn key_epoch(_params: &Self::Params, epoch: u32) -> Option<u32> {
+        Some(epoch)
+    }
     fn new(params: Self::Params) -> Self;
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
 }
@@ -161,6 +180,8 @@ pub trait Configured: Send + Sync {
     fn outputs(&self) -> Vec<Port>;
     /// See [`Stage::seeded`].
     fn seeded(&self) -> bool;
+    /// See [`Stage::key_epoch`].
+    fn key_epoch(&self, epoch: u32) -> Option<u32>;
     fn instantiate(&self) -> Box<dyn Runnable>;
 }
 
@@ -197,6 +218,9 @@ impl<S: Stage> Configured for ConfiguredOf<S> {
     }
     fn seeded(&self) -> bool {
         S::seeded(&self.params)
+    }
+    fn key_epoch(&self, epoch: u32) -> Option<u32> {
+        S::key_epoch(&self.params, epoch)
     }
     fn instantiate(&self) -> Box<dyn Runnable> {
         Box::new(S::new(self.params.clone()))
@@ -293,7 +317,11 @@ pub struct Registry {
     provenance: serde_json::Map<String, serde_json::Value>,
     version: String,
     after_stage: Option<fn()>,
+    plan_checks: Vec<PlanCheck>,
 }
+
+/// An application's check across a whole plan (see [`Registry::check_plan`]).
+pub type PlanCheck = fn(&crate::plan::Plan) -> Vec<crate::plan::PlanProblem>;
 
 impl Default for Registry {
     fn default() -> Self {
@@ -303,6 +331,7 @@ impl Default for Registry {
             provenance: serde_json::Map::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             after_stage: None,
+            plan_checks: Vec::new(),
         }
     }
 }
@@ -342,6 +371,18 @@ impl Registry {
     pub fn after_stage(&mut self, hook: fn()) -> &mut Self {
         self.after_stage = Some(hook);
         self
+    }
+
+    /// Adds a check that needs several nodes at once (a network's patch size against the
+    /// image size another stage makes, say); its problems are reported with the rest of the
+    /// plan's, at the stage and param they name.
+    pub fn check_plan(&mut self, check: PlanCheck) -> &mut Self {
+        self.plan_checks.push(check);
+        self
+    }
+
+    pub fn plan_checks(&self) -> &[PlanCheck] {
+        &self.plan_checks
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Kind>> {

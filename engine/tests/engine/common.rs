@@ -374,6 +374,94 @@ impl Stage for DataSize {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// Runs of `pooled` and `either` (the key-epoch test counts them).
+pub static POOLED_RUNS: AtomicI64 = AtomicI64::new(0);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PooledParams {
+    /// Epoch e repeats epoch ((e - 1) mod pool) + 1.
+    pub pool: Option<u32>,
+    /// The output depends on the epoch only through the inputs.
+    pub epoch_free: bool,
+}
+
+/// A loop source whose output repeats with a period: streams and stores [draw, draw * 10]
+/// for its draw = ((epoch - 1) mod pool) + 1; with `epoch_free`, [0] whatever the epoch.
+pub struct Pooled(PooledParams);
+impl Pooled {
+    fn draw(p: &PooledParams, epoch: u32) -> Option<u32> {
+        if p.epoch_free {
+            return None;
+        }
+        Some(p.pool.map_or(epoch, |n| (epoch - 1) % n + 1))
+    }
+}
+impl Stage for Pooled {
+    type Params = PooledParams;
+    const KIND: &'static str = "pooled";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test source repeating over epochs";
+    fn inputs(_: &PooledParams) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(_: &PooledParams) -> Vec<Port> {
+        vec![
+            Port::stream("numbers", "ints"),
+            Port::artifact("table", "int_table"),
+        ]
+    }
+    fn key_epoch(p: &PooledParams, epoch: u32) -> Option<u32> {
+        Self::draw(p, epoch)
+    }
+    fn new(p: PooledParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        POOLED_RUNS.fetch_add(1, Ordering::SeqCst);
+        let d = Self::draw(&self.0, ctx.epoch().unwrap_or(0)).unwrap_or(0) as u64;
+        ctx.output("table")?.write(&u64_batch(&[d, d * 10]))?;
+        ctx.send("numbers", vec![d, d * 10])
+    }
+}
+
+/// Sums a stream or a table, whichever is wired (exactly one): `Port::instead_of`.
+pub struct Either;
+impl Stage for Either {
+    type Params = NoParams;
+    const KIND: &'static str = "either";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test stage with alternative inputs";
+    fn inputs(_: &NoParams) -> Vec<Port> {
+        vec![
+            Port::stream("numbers", "ints").instead_of("table"),
+            Port::artifact("table", "int_table").instead_of("numbers"),
+        ]
+    }
+    fn outputs(_: &NoParams) -> Vec<Port> {
+        vec![Port::artifact("total", "int_table")]
+    }
+    /// Its output depends on the epoch only through its input.
+    fn key_epoch(_: &NoParams, _: u32) -> Option<u32> {
+        None
+    }
+    fn new(_: NoParams) -> Self {
+        Self
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        let mut total = 0u64;
+        if ctx.has_input("table") {
+            total = values_of(&ctx.input("table")?.read_all()?).iter().sum();
+        } else {
+            while let Some(v) = ctx.recv_as::<Vec<u64>>("numbers")? {
+                total += v.iter().sum::<u64>();
+            }
+        }
+        ctx.output("total")?.write(&u64_batch(&[total]))?;
+        Ok(())
+    }
+}
+
 fn toy_sections(r: &mut Registry) {
     r.section(
         SectionDef::new("device", "the device", "", |node, _| {
@@ -412,7 +500,9 @@ pub fn registry() -> Registry {
         .register::<Merge>()
         .register::<Acc>()
         .register::<Slow>()
-        .register::<DataSize>();
+        .register::<DataSize>()
+        .register::<Pooled>()
+        .register::<Either>();
     toy_sections(&mut r);
     r
 }

@@ -3,6 +3,7 @@
 mod common;
 
 mod cache;
+mod epochs;
 mod executor;
 mod sections;
 mod seeds;
