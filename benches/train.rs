@@ -41,6 +41,7 @@ fn seconds_per_step() -> anyhow::Result<f64> {
                 flip: i % 2 == 0,
             })
             .collect(),
+        tokens: false,
     };
     let c = [0, 1].map(|_| {
         let c = Tensor::randn([K, 128], opts);

@@ -27,6 +27,20 @@ pub struct AugmentParams {
     pub limit: Option<usize>,
     /// The random transforms and their release quirks.
     pub random: AugmentConfig,
+    /// Draws repeat every `pool` epochs (epoch e draws as epoch ((e - 1) mod pool) + 1), so
+    /// a frozen backbone's tokens of them (`backbone`) are computed `pool` times in all and
+    /// read back after; null: a new draw every epoch, as released.
+    pub pool: Option<u32>,
+}
+
+impl AugmentParams {
+    /// The epoch whose draws epoch `epoch` uses.
+    pub fn draw_epoch(&self, epoch: u32) -> u32 {
+        match self.pool {
+            Some(n) if epoch > 0 => (epoch - 1) % n + 1,
+            _ => epoch,
+        }
+    }
 }
 
 impl Default for AugmentParams {
@@ -38,6 +52,7 @@ impl Default for AugmentParams {
             threads: 2,
             limit: None,
             random: AugmentConfig::default(),
+            pool: None,
         }
     }
 }
@@ -76,7 +91,13 @@ impl Stage for Augment {
         if p.threads == 0 {
             e.push(ParamError::new("threads", "must be at least 1"));
         }
+        if p.pool == Some(0) {
+            e.push(ParamError::new("pool", "must be at least 1 (or null)"));
+        }
         e
+    }
+    fn key_epoch(p: &AugmentParams, epoch: u32) -> Option<u32> {
+        Some(p.draw_epoch(epoch))
     }
     const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
     fn new(p: AugmentParams) -> Self {
@@ -87,7 +108,7 @@ impl Stage for Augment {
         let p = self.0.clone();
         let ds = ctx.dataset()?.open(Split::Train)?;
         let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
-        let epoch = ctx.epoch().unwrap_or(0);
+        let epoch = p.draw_epoch(ctx.epoch().unwrap_or(0));
         let seed = ctx.seed();
         ctx.progress().set_length(n as u64);
         let ids: Vec<usize> = (0..n).collect();
@@ -119,6 +140,7 @@ impl Stage for Augment {
                     shape: [0, 3, p.res as i64, p.res as i64],
                 },
                 geometric: Vec::new(),
+                tokens: false,
             };
             for r in made {
                 let (i, aug, v1, v2) = r?;

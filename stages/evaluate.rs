@@ -26,8 +26,11 @@ use tch::Tensor;
 use tracing::info;
 
 use crate::io::checkpoint;
-use crate::io::ports::{CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS};
+use crate::io::ports::{
+    CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS, TRAIN_TOKENS, VAL_TOKENS,
+};
 use crate::io::tables::{self, EpochMetrics};
+use crate::io::tokens::Tokens;
 use crate::sections::PicieContext;
 use picie_core::data::{preprocess, Split};
 use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as KmeansMode, Online};
@@ -120,7 +123,13 @@ impl Stage for Evaluate {
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
     fn inputs(_: &EvaluateParams) -> Vec<Port> {
-        vec![CHECKPOINT, CENTROIDS.optional(), HISTORY.optional()]
+        vec![
+            CHECKPOINT,
+            CENTROIDS.optional(),
+            HISTORY.optional(),
+            TRAIN_TOKENS.optional(),
+            VAL_TOKENS.optional(),
+        ]
     }
     fn outputs(p: &EvaluateParams) -> Vec<Port> {
         let mut out = vec![METRICS, CONFUSION, CENTROIDS];
@@ -234,10 +243,19 @@ impl Stage for Evaluate {
                     // frames would be far from the data set's.
                     ids.shuffle(&mut shuffle_rng(ctx.seed(), ctx.epoch().unwrap_or(0)));
                 }
-                for chunk in ids.chunks(p.batch) {
+                let train_tokens = open_tokens(ctx, TRAIN_TOKENS.name, &m)?;
+                let mut seen = 0;
+                for item in passes(train_tokens.as_ref(), &ids, p.batch, n) {
                     ctx.check_cancelled()?;
-                    let x = load_images(train.as_ref(), chunk, p.res, p.threads)?;
-                    let z = tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?;
+                    let (chunk, tokens) = item?;
+                    seen += chunk.len();
+                    let z = match tokens {
+                        Some(t) => tch::no_grad(|| m.net.forward_head(&t))?,
+                        None => {
+                            let x = load_images(train.as_ref(), &chunk, p.res, p.threads)?;
+                            tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?
+                        }
+                    };
                     let d = z.size()[1];
                     let rows = z.permute([0, 2, 3, 1]).reshape([-1, d]);
                     match online.as_mut() {
@@ -245,6 +263,7 @@ impl Stage for Evaluate {
                         None => feats.push(rows),
                     }
                 }
+                covered(seen, n, TRAIN_TOKENS.name)?;
                 match online {
                     Some(o) => o.finish(&mut stats)?,
                     None => {
@@ -282,8 +301,13 @@ impl Stage for Evaluate {
         let mut cluster_px = vec![0u64; k];
         let ids: Vec<usize> = (0..n).collect();
         ctx.progress().set_length(n as u64);
-        for chunk in ids.chunks(p.batch) {
+        let val_tokens = open_tokens(ctx, VAL_TOKENS.name, &m)?;
+        let mut seen = 0;
+        for item in passes(val_tokens.as_ref(), &ids, p.batch, n) {
             ctx.check_cancelled()?;
+            let (chunk, tokens) = item?;
+            seen += chunk.len();
+            let chunk = chunk.as_slice();
             let loaded = preprocess::par_map(chunk, p.threads, |&i| {
                 preprocess::load_eval(val.as_ref(), i, p.res).map_err(StageError::from)
             });
@@ -296,7 +320,10 @@ impl Stage for Evaluate {
             }
             let x = Tensor::stack(&imgs, 0).to_device(device);
             let pred = tch::no_grad(|| -> Result<Tensor, StageError> {
-                let z = m.net.forward_t(&x, false)?;
+                let z = match &tokens {
+                    Some(t) => m.net.forward_head(t)?,
+                    None => m.net.forward_t(&x, false)?,
+                };
                 let pred = predict(&z, &centroids, p.predictor, p.res as i64);
                 Ok(pred.to_device(tch::Device::Cpu))
             })?;
@@ -318,6 +345,7 @@ impl Stage for Evaluate {
             ctx.progress().inc(chunk.len() as u64);
         }
 
+        covered(seen, n, VAL_TOKENS.name)?;
         let epoch = ctx.epoch().unwrap_or(0);
         let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
             ctx.input(HISTORY.name)?.read_all()?
@@ -364,6 +392,60 @@ impl Stage for Evaluate {
     }
 }
 
+/// A frozen backbone's stored evaluation tokens, when `port` is wired: checked against the
+/// checkpoint's backbone.
+fn open_tokens(
+    ctx: &Context,
+    port: &str,
+    m: &checkpoint::Loaded,
+) -> Result<Option<Tokens>, StageError> {
+    if !ctx.has_input(port) {
+        return Ok(None);
+    }
+    let t = Tokens::open(ctx.input(port)?)?;
+    t.check_backbone(&checkpoint::backbone_digest(m)?)?;
+    Ok(Some(t))
+}
+
+/// One batch of a pass: image ids, and their stored tokens when there are any.
+type PassBatch = Result<(Vec<usize>, Option<Tensor>), StageError>;
+
+/// The batches of one pass: (image ids, their tokens) from stored tokens, keeping the first
+/// `n` images; or `ids` in chunks of `batch`, for the network to run on.
+fn passes<'a>(
+    tokens: Option<&'a Tokens>,
+    ids: &'a [usize],
+    batch: usize,
+    n: usize,
+) -> Box<dyn Iterator<Item = PassBatch> + 'a> {
+    match tokens {
+        Some(t) => Box::new(t.eval_batches().filter_map(move |r| match r {
+            Err(e) => Some(Err(e)),
+            Ok((got, t)) => {
+                let keep: Vec<i64> = (0..got.len() as i64)
+                    .filter(|&j| got[j as usize] < n)
+                    .collect();
+                (!keep.is_empty()).then(|| {
+                    let chunk = keep.iter().map(|&j| got[j as usize]).collect();
+                    Ok((chunk, Some(t.index_select(0, &Tensor::from_slice(&keep)))))
+                })
+            }
+        })),
+        None => Box::new(ids.chunks(batch).map(|c| Ok((c.to_vec(), None)))),
+    }
+}
+
+/// Stored tokens must cover every image the pass wants.
+fn covered(seen: usize, n: usize, port: &str) -> Result<(), StageError> {
+    if seen < n {
+        return Err(StageError::msg(format!(
+            "`{port}` holds tokens of {seen} images, the pass wants {n}: give the backbone \
+             stage the same `limit` as evaluate's"
+        )));
+    }
+    Ok(())
+}
+
 /// The order of the train-mode pass: a pure function of (seed, epoch).
 fn shuffle_rng(seed: u64, epoch: u32) -> ChaCha8Rng {
     let mut h = blake3::Hasher::new();
@@ -374,7 +456,7 @@ fn shuffle_rng(seed: u64, epoch: u32) -> ChaCha8Rng {
 }
 
 /// Evaluation preprocessing of a batch of images, as one normalised N x 3 x res x res tensor.
-fn load_images(
+pub(crate) fn load_images(
     ds: &dyn picie_core::data::Dataset,
     ids: &[usize],
     res: u32,

@@ -3,6 +3,9 @@
 //! batches, and/or stored as the `features` artifact (all pixels or a deterministic
 //! per-image sample, f32 or f16) that k-means and analysis read.
 //!
+//! Its views come from an `augment` stage's `batches`, or as a frozen ViT's stored tokens
+//! from a `backbone` stage (`tokens`), when only the head runs.
+//!
 //! With `bn: train` the pass updates BatchNorm's running statistics, as the release's
 //! clustering pass does (its model is in train mode); the `checkpoint` output is the network
 //! after that pass (same weights and optimizer state, updated statistics), which the release's
@@ -11,9 +14,9 @@
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::io::batch::{FeatureBatch, HostTensor};
+use crate::io::batch::{FeatureBatch, HostTensor, Views};
 use crate::io::checkpoint;
-use crate::io::ports::{BATCHES, CHECKPOINT, FEATURES, FEATURE_STREAM};
+use crate::io::ports::{BATCHES, CHECKPOINT, FEATURES, FEATURE_STREAM, TOKENS};
 use crate::io::tables::{self, Precision};
 use crate::sections::PicieContext;
 use picie_core::model::BnMode;
@@ -83,7 +86,11 @@ impl Stage for Extract {
         "per-pixel features of both views (view 2 through G), streamed and/or stored";
 
     fn inputs(_: &ExtractParams) -> Vec<Port> {
-        vec![BATCHES.port(), CHECKPOINT]
+        vec![
+            BATCHES.port().instead_of(TOKENS.name),
+            TOKENS.instead_of(BATCHES.name),
+            CHECKPOINT,
+        ]
     }
     fn outputs(p: &ExtractParams) -> Vec<Port> {
         let mut out = vec![FEATURE_STREAM.port()];
@@ -121,7 +128,8 @@ impl Stage for Extract {
                 w.set_meta("sample_per_image", p.sample_per_image);
             }
         }
-        while let Some(b) = ctx.recv_from(&BATCHES)? {
+        let mut views = Views::open(ctx, &m)?;
+        while let Some(b) = views.next(ctx)? {
             let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, train))?;
             if p.store != Keep::None {
                 let (h, w) = (z1.size()[2], z1.size()[3]);

@@ -31,7 +31,8 @@ pub enum WeightsScope {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InitParams {
-    /// The network: arch, dim, stride_in_1x1, bn_eps, input_norm.
+    /// The network: arch, dim, stride_in_1x1, bn_eps, input_norm; for ViTs pos_interp,
+    /// feature_block, train_blocks.
     #[serde(flatten)]
     pub model: NetConfig,
     /// Pretrained weights (safetensors), relative to the pipeline file; its checksum is part
@@ -60,13 +61,12 @@ impl Stage for Init {
         !(p.weights.is_some() && p.weights_scope == WeightsScope::Full)
     }
     fn validate(p: &InitParams) -> Vec<ParamError> {
-        let mut e = Vec::new();
-        if p.model.dim.is_some_and(|d| d < 1) {
-            e.push(ParamError::new("dim", "must be at least 1"));
-        }
-        if p.model.bn_eps.is_nan() || p.model.bn_eps <= 0.0 {
-            e.push(ParamError::new("bn_eps", "must be positive"));
-        }
+        let mut e: Vec<ParamError> = p
+            .model
+            .problems()
+            .into_iter()
+            .map(|(field, msg)| ParamError::new(field, msg))
+            .collect();
         if p.weights.is_none() && p.weights_scope != WeightsScope::Auto {
             e.push(ParamError::new(
                 "weights_scope",

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::batch::Views;
 use crate::io::checkpoint;
-use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, WEIGHTS};
+use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, TOKENS, WEIGHTS};
 use crate::io::tables;
 use crate::sections::PicieContext;
 use picie_core::kmeans::label_release;
@@ -37,7 +38,12 @@ impl Stage for Label {
         "nearest-centroid pseudo-labels of both views, with cluster weights";
 
     fn inputs(_: &LabelParams) -> Vec<Port> {
-        vec![BATCHES.port(), CHECKPOINT, CENTROIDS]
+        vec![
+            BATCHES.port().instead_of(TOKENS.name),
+            TOKENS.instead_of(BATCHES.name),
+            CHECKPOINT,
+            CENTROIDS,
+        ]
     }
     fn outputs(_: &LabelParams) -> Vec<Port> {
         vec![LABELS, WEIGHTS]
@@ -61,7 +67,8 @@ impl Stage for Label {
             )));
         }
         let mut counts = [vec![0u64; k], vec![0u64; k]];
-        while let Some(b) = ctx.recv_from(&BATCHES)? {
+        let mut views = Views::open(ctx, &m)?;
+        while let Some(b) = views.next(ctx)? {
             let (z1, z2) = tch::no_grad(|| b.features(&m.net, device, false))?;
             for (view, z, c) in [(1u8, &z1, &c1), (2, &z2, &c2)] {
                 let labels = label_release(z, c)?;

@@ -7,6 +7,8 @@
 //! and register it in [`builtin`].
 
 pub mod augment;
+pub mod backbone;
+pub mod checks;
 pub mod evaluate;
 pub mod extract;
 pub mod init;
@@ -25,10 +27,12 @@ pub fn builtin() -> Registry {
     sections::register(&mut r);
     r.register::<init::Init>()
         .register::<augment::Augment>()
+        .register::<backbone::Backbone>()
         .register::<extract::Extract>()
         .register::<kmeans::KmeansStage>()
         .register::<label::Label>()
         .register::<train::Train>()
-        .register::<evaluate::Evaluate>();
+        .register::<evaluate::Evaluate>()
+        .check_plan(checks::check);
     r
 }

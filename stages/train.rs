@@ -8,8 +8,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::io::batch::Views;
 use crate::io::checkpoint::{self, AdamState};
-use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, TRAIN_METRICS, WEIGHTS};
+use crate::io::ports::{BATCHES, CENTROIDS, CHECKPOINT, LABELS, TOKENS, TRAIN_METRICS, WEIGHTS};
 use crate::io::tables::{self, TrainStep};
 use crate::sections::PicieContext;
 use picie_core::loss::picie_loss;
@@ -74,7 +75,14 @@ impl Stage for Train {
         "one epoch of PiCIE's loss with Adam: checkpoint in, checkpoint out";
 
     fn inputs(_: &TrainParams) -> Vec<Port> {
-        vec![BATCHES.port(), CHECKPOINT, CENTROIDS, LABELS, WEIGHTS]
+        vec![
+            BATCHES.port().instead_of(TOKENS.name),
+            TOKENS.instead_of(BATCHES.name),
+            CHECKPOINT,
+            CENTROIDS,
+            LABELS,
+            WEIGHTS,
+        ]
     }
     fn outputs(_: &TrainParams) -> Vec<Port> {
         vec![CHECKPOINT, TRAIN_METRICS]
@@ -129,7 +137,8 @@ impl Stage for Train {
         let mut step = 0u32;
         let t0 = Instant::now();
         let mut seen = 0usize;
-        while let Some(b) = ctx.recv_from(&BATCHES)? {
+        let mut views = Views::open(ctx, &m)?;
+        while let Some(b) = views.next(ctx)? {
             let (z1, z2) = b.features(&m.net, device, true)?;
             let hw = (z1.size()[2], z1.size()[3]);
             let y1 = stack_labels(&y[0], &b.images, 1, hw)?.to_device(device);
@@ -241,6 +250,7 @@ mod tests {
             view1: HostTensor::from_tensor(&get(&case, "x1")).unwrap(),
             view2: HostTensor::from_tensor(&get(&case, "x2")).unwrap(),
             geometric: vec![geo(0.5, 0.25, 0.75, true), geo(0.75, 0.25, 0.75, false)],
+            tokens: false,
         };
         let (z1, z2) = b.features(&m.net, tch::Device::Cpu, true).unwrap();
         let (c1, c2) = (get(&case, "c1"), get(&case, "c2"));

@@ -31,7 +31,9 @@ impl HostTensor {
 }
 
 /// One batch of training views: view 1 = G(P1 x), view 2 = P2 x (G is applied to view 2's
-/// feature map by whoever runs the network).
+/// feature map by whoever runs the network). With `tokens`, the views are already a frozen
+/// backbone's tokens of those images (read from a `backbone` stage's artifact), and only the
+/// head runs.
 #[derive(Clone, Debug)]
 pub struct ViewBatch {
     pub epoch: u32,
@@ -39,6 +41,7 @@ pub struct ViewBatch {
     pub view1: HostTensor,
     pub view2: HostTensor,
     pub geometric: Vec<Geometric>,
+    pub tokens: bool,
 }
 
 impl ViewBatch {
@@ -49,8 +52,12 @@ impl ViewBatch {
         device: tch::Device,
         train: bool,
     ) -> Result<(Tensor, Tensor), StageError> {
-        let z1 = net.forward_t(&self.view1.to_device(device), train)?;
-        let z2 = net.forward_t(&self.view2.to_device(device), train)?;
+        let (x1, x2) = (self.view1.to_device(device), self.view2.to_device(device));
+        let (z1, z2) = if self.tokens {
+            (net.forward_head(&x1)?, net.forward_head(&x2)?)
+        } else {
+            (net.forward_t(&x1, train)?, net.forward_t(&x2, train)?)
+        };
         let z2 = picie_core::transforms::equivariance::apply(&z2, &self.geometric)?;
         Ok((z1, z2))
     }
@@ -75,5 +82,43 @@ impl FeatureBatch {
         z.to_device(tch::Device::Cpu)
             .permute([0, 2, 3, 1])
             .reshape([-1, d])
+    }
+}
+
+/// Where a pass gets its views: the `batches` stream of an `augment` stage, or the `tokens`
+/// artifact of a `backbone` stage (whichever the pipeline wires; the plan checks that it is
+/// exactly one).
+pub struct Views {
+    tokens: Option<Box<dyn Iterator<Item = Result<ViewBatch, StageError>> + Send>>,
+}
+
+impl Views {
+    /// Opens the wired source. With tokens, checks that they come from `m`'s backbone.
+    pub fn open(
+        ctx: &picie_engine::Context,
+        m: &super::checkpoint::Loaded,
+    ) -> Result<Self, StageError> {
+        use super::ports::TOKENS;
+        if !ctx.has_input(TOKENS.name) {
+            return Ok(Self { tokens: None });
+        }
+        let t = super::tokens::Tokens::open(ctx.input(TOKENS.name)?)?;
+        t.check_backbone(&super::checkpoint::backbone_digest(m)?)?;
+        Ok(Self {
+            tokens: Some(Box::new(t.into_view_batches(ctx.epoch().unwrap_or(0)))),
+        })
+    }
+
+    pub fn next(
+        &mut self,
+        ctx: &mut picie_engine::Context,
+    ) -> Result<Option<std::sync::Arc<ViewBatch>>, StageError> {
+        match &mut self.tokens {
+            Some(it) => {
+                ctx.check_cancelled()?;
+                Ok(it.next().transpose()?.map(std::sync::Arc::new))
+            }
+            None => ctx.recv_from(&super::ports::BATCHES),
+        }
     }
 }

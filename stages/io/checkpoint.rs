@@ -50,6 +50,7 @@ pub fn build(spec: &NetConfig, device: tch::Device) -> Result<Loaded, StageError
 fn build_unlocked(spec: &NetConfig, device: tch::Device) -> Result<Loaded, StageError> {
     let vs = VarStore::new(device);
     let net = PicieNet::new(&vs.root(), spec)?;
+    spec.freeze(&vs);
     Ok(Loaded {
         vs,
         net,
@@ -90,6 +91,34 @@ impl Loaded {
             }
         }
     }
+}
+
+/// A blake3 over the backbone's variables (names, shapes, f32 values): what a frozen
+/// backbone's stored tokens are checked against, so tokens of other weights are never mixed
+/// in.
+pub fn backbone_digest(m: &Loaded) -> Result<String, StageError> {
+    let mut vars: Vec<(String, Tensor)> =
+        m.vs.variables()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("backbone."))
+            .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = blake3::Hasher::new();
+    for (name, t) in vars {
+        h.update(name.as_bytes());
+        for d in t.size() {
+            h.update(&d.to_le_bytes());
+        }
+        let v = Vec::<f32>::try_from(
+            t.to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .contiguous()
+                .flatten(0, -1),
+        )?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    Ok(h.finalize().to_hex()[..16].to_string())
 }
 
 /// Loads a checkpoint artifact onto `device`.

@@ -1,7 +1,9 @@
 //! What crosses a stage's ports: the stream items (`batch`), the Arrow tables of the
-//! artifacts (`tables`), and stored networks (`checkpoint`).
+//! artifacts (`tables`, and a frozen backbone's `tokens`), and stored networks
+//! (`checkpoint`).
 
 pub mod batch;
 pub mod checkpoint;
 pub mod ports;
 pub mod tables;
+pub mod tokens;

@@ -15,6 +15,15 @@ pub const FEATURE_STREAM: StreamPort<FeatureBatch> = StreamPort::new("stream", "
 pub const CHECKPOINT: Port = Port::artifact("checkpoint", "checkpoint");
 /// The random parameters of every augmentation draw (`augment`).
 pub const AUG_PARAMS: Port = Port::artifact("params", "aug_params");
+/// A frozen backbone's tokens of both training views, with each image's G (`backbone`
+/// -> extract/label/train, in place of `batches`).
+pub const TOKENS: Port = Port::artifact("tokens", "tokens");
+/// A frozen backbone's tokens of one split's evaluation crops (`backbone` with `split`).
+pub const EVAL_TOKENS: Port = Port::artifact("tokens", "eval_tokens");
+/// The same, as `evaluate` reads them: of the training split (its fresh k-means) and of
+/// the validation split (its predictions).
+pub const TRAIN_TOKENS: Port = Port::artifact("train_tokens", "eval_tokens");
+pub const VAL_TOKENS: Port = Port::artifact("val_tokens", "eval_tokens");
 /// Stored pixel features of both views (`extract`).
 pub const FEATURES: Port = Port::artifact("features", "features");
 /// Centroids and counts per view (`kmeans`, `evaluate`).

@@ -34,7 +34,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    fn arrow(self) -> DataType {
+    pub(crate) fn arrow(self) -> DataType {
         match self {
             Self::F32 => DataType::Float32,
             Self::F16 => DataType::Float16,

@@ -232,7 +232,7 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     for kind in [
-        "augment", "evaluate", "extract", "init", "kmeans", "label", "train",
+        "augment", "backbone", "evaluate", "extract", "init", "kmeans", "label", "train",
     ] {
         assert!(
             t.contains(&format!(
@@ -241,7 +241,8 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
             "{kind}: {t}"
         );
     }
-    assert_eq!(t.matches("    reads dataset").count(), 2, "{t}");
+    // augment, backbone (evaluation crops) and evaluate.
+    assert_eq!(t.matches("    reads dataset").count(), 3, "{t}");
     assert!(t.contains("top-level sections: device:"), "{t}");
     assert!(
         t.contains("dataset: (the data set, keyed into kinds that read it)"),

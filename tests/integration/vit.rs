@@ -177,3 +177,212 @@ fn onnx_files_without_a_dinov2_backbone_are_refused_by_name() {
     }
     assert!(!st.exists(), "nothing is written");
 }
+
+// ---- PiCIE on a frozen ViT ----------------------------------------------------------------
+
+/// A frozen ViT (random DINOv2-S weights, two blocks run) on synthetic scenes at 28 px (a 2 x 2
+/// patch grid), its tokens stored once per augmentation draw (`pool: 2`) and for the
+/// evaluation crops. `direct` and `eval_direct` compute the same from the images.
+fn frozen_vit_pipeline(lr: &str) -> String {
+    let ckpt = "{from: train.checkpoint, epoch: prev, first: init.checkpoint}";
+    format!(
+        "name: vit
+seed: 1
+device: cpu
+store: store
+dataset: {{kind: synthetic, train_images: 6, val_images: 3, width: 56, height: 56, classes: 3}}
+stages:
+  - name: init
+    kind: init
+    params: {{arch: dinov2_vits14, dim: 8, feature_block: 1}}
+  - name: train_tokens
+    kind: backbone
+    params: {{feature_block: 1, split: train, res: 28, precision: f32}}
+  - name: val_tokens
+    kind: backbone
+    params: {{feature_block: 1, split: val, res: 28, precision: f32}}
+  - name: eval0
+    kind: evaluate
+    params: {{res: 28, k: 3, bn: eval, n_iter: 3}}
+    inputs: {{checkpoint: init.checkpoint, train_tokens: train_tokens.tokens, val_tokens: val_tokens.tokens}}
+  - name: eval_direct
+    kind: evaluate
+    params: {{res: 28, k: 3, bn: eval, n_iter: 3}}
+    inputs: {{checkpoint: init.checkpoint}}
+loop:
+  epochs: 3
+  stages:
+    - name: aug
+      kind: augment
+      params: {{size: 56, res: 28, batch: 4, pool: 2}}
+    - name: tokens
+      kind: backbone
+      params: {{feature_block: 1, precision: f32}}
+      inputs: {{batches: aug.batches}}
+    - name: features
+      kind: extract
+      params: {{bn: eval}}
+      inputs: {{tokens: tokens.tokens, checkpoint: {ckpt}}}
+    - name: aug_direct
+      kind: augment
+      params: {{size: 56, res: 28, batch: 4, pool: 2}}
+    - name: direct
+      kind: extract
+      params: {{bn: eval}}
+      inputs: {{batches: aug_direct.batches, checkpoint: {ckpt}}}
+    - name: kmeans
+      kind: kmeans
+      params: {{k: 3, mode: lloyd, n_iter: 2}}
+      inputs: {{features: features.features}}
+    - name: label
+      kind: label
+      inputs: {{tokens: tokens.tokens, checkpoint: {ckpt}, centroids: kmeans.centroids}}
+    - name: train
+      kind: train
+      params: {{lr: {lr}}}
+      inputs:
+        tokens: tokens.tokens
+        checkpoint: {ckpt}
+        centroids: kmeans.centroids
+        labels: label.labels
+        weights: label.weights
+    - name: evaluate
+      kind: evaluate
+      params: {{res: 28, k: 3, bn: eval, n_iter: 3}}
+      inputs:
+        checkpoint: train.checkpoint
+        train_tokens: train_tokens.tokens
+        val_tokens: val_tokens.tokens
+        history: {{from: evaluate.metrics, epoch: prev, first: eval0.metrics}}
+"
+    )
+}
+
+fn feature_rows(f: &crate::common::Fixture, plan: &picie::Plan, node: &str) -> tch::Tensor {
+    let a = f.artifact(plan, node, "features");
+    let parts: Vec<tch::Tensor> = [1u8, 2]
+        .iter()
+        .flat_map(|&v| {
+            a.batches()
+                .map(move |b| picie::tables::features_of_view(&b.unwrap(), v).unwrap())
+        })
+        .collect();
+    tch::Tensor::cat(&parts, 0)
+}
+
+fn metrics_json(f: &crate::common::Fixture, plan: &picie::Plan, node: &str) -> (f64, f64) {
+    let a = f.artifact(plan, node, "metrics");
+    let num = |k: &str| a.meta(k).and_then(|v| v.as_f64()).unwrap();
+    (num("miou"), num("pixel_accuracy"))
+}
+
+/// The head on stored tokens computes what the whole network computes on the images, the
+/// tokens of each draw are computed once (epoch 3 reads epoch 1's), evaluation on stored
+/// tokens equals evaluation on the images, and a second run that changes only training
+/// recomputes no token.
+#[test]
+fn a_frozen_vit_runs_picie_on_tokens_stored_once_per_draw() {
+    let f = crate::common::fixture();
+    let (plan, report) = f.run(&frozen_vit_pipeline("0.001")).unwrap();
+    let ran = crate::common::ran(&report);
+    for node in [
+        "tokens@1",
+        "tokens@2",
+        "train_tokens",
+        "val_tokens",
+        "train@3",
+    ] {
+        assert!(
+            ran.contains(&node.to_string()),
+            "{node} did not run: {ran:?}"
+        );
+    }
+    assert!(!ran.contains(&"tokens@3".to_string()), "{ran:?}");
+    let key = |n: &str| plan.nodes[plan.index_of(n).unwrap()].output_keys["tokens"].clone();
+    assert_eq!(key("tokens@1"), key("tokens@3"));
+    assert_ne!(key("tokens@1"), key("tokens@2"));
+    for epoch in 1..=3 {
+        let (via_tokens, direct) = (
+            feature_rows(&f, &plan, &format!("features@{epoch}")),
+            feature_rows(&f, &plan, &format!("direct@{epoch}")),
+        );
+        assert_eq!(via_tokens.size(), [6 * 4 * 2, 8]);
+        let err = max_diff(&via_tokens, &direct);
+        assert!(err < 1e-5, "epoch {epoch}: tokens path off by {err}");
+    }
+    // Training moved the head: epoch 2's features differ from epoch 0's network's.
+    assert!(
+        max_diff(
+            &feature_rows(&f, &plan, "features@3"),
+            &feature_rows(&f, &plan, "features@1")
+        ) > 1e-4
+    );
+    assert_eq!(
+        metrics_json(&f, &plan, "eval0"),
+        metrics_json(&f, &plan, "eval_direct")
+    );
+    let _ = metrics_json(&f, &plan, "evaluate@3");
+
+    // Other training params, then another head: no token is recomputed.
+    for changed in [
+        frozen_vit_pipeline("0.002"),
+        frozen_vit_pipeline("0.001").replace("dim: 8,", "dim: 12,"),
+    ] {
+        let (_, again) = f.run(&changed).unwrap();
+        let again = crate::common::ran(&again);
+        assert!(again.contains(&"train@1".to_string()), "{again:?}");
+        assert!(
+            !again
+                .iter()
+                .any(|n| n.contains("tokens") || n.starts_with("aug@")),
+            "a second run recomputed tokens: {again:?}"
+        );
+    }
+}
+
+/// Tokens of a backbone that trains, of another backbone than the reader's, and image sides
+/// that are not whole patches are refused at plan time, each at its place.
+#[test]
+fn stored_tokens_and_patch_sizes_are_checked_at_plan_time() {
+    let f = crate::common::fixture();
+    let bad = frozen_vit_pipeline("0.001")
+        .replace(
+            "dim: 8, feature_block: 1}",
+            "dim: 8, feature_block: 1, train_blocks: 1}",
+        )
+        .replace(
+            "{feature_block: 1, split: val,",
+            "{feature_block: 2, split: val,",
+        )
+        .replace(
+            "{size: 56, res: 28, batch: 4, pool: 2}
+    - name: tokens",
+            "{size: 56, res: 30, batch: 4, pool: 2}
+    - name: tokens",
+        );
+    let msg = match f.plan(&bad) {
+        Err(picie::Error::Invalid(d)) => d.to_string(),
+        other => panic!("expected plan errors, got {:?}", other.map(|_| ())),
+    };
+    for want in [
+        "stage `features` reads stored backbone tokens (`tokens`), but its network (dinov2_vits14, train_blocks 1) trains its backbone",
+        "stage `eval0` reads stored backbone tokens (`train_tokens`)",
+        "`res: 30` is not a multiple of the ViT's patch size 14 (dinov2_vits14): use 28 or 42",
+    ] {
+        assert!(msg.contains(want), "missing {want:?} in:\n{msg}");
+    }
+    let other = frozen_vit_pipeline("0.001").replace(
+        "{feature_block: 1, split: val,",
+        "{feature_block: 2, split: val,",
+    );
+    let msg = match f.plan(&other) {
+        Err(picie::Error::Invalid(d)) => d.to_string(),
+        other => panic!("expected plan errors, got {:?}", other.map(|_| ())),
+    };
+    assert!(
+        msg.contains("stage `val_tokens` makes the tokens of another backbone than `init` builds, whose network reads them: pos_interp or feature_block"),
+        "{msg}"
+    );
+    // Reported once, though several stages read them.
+    assert_eq!(msg.matches("stage `val_tokens` makes").count(), 1, "{msg}");
+}

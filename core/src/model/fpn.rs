@@ -51,7 +51,7 @@ pub struct FpnDecoder {
 
 /// PyTorch's default `nn.Conv2d` init (kaiming_uniform with a = sqrt(5), and the matching bias
 /// rule): both reduce to U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The release keeps that default.
-fn lateral(vs: &nn::Path, c_in: i64, dim: i64) -> Conv2d {
+pub(crate) fn lateral(vs: &nn::Path, c_in: i64, dim: i64) -> Conv2d {
     let bound = 1.0 / (c_in as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,

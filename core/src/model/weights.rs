@@ -144,7 +144,7 @@ fn detect_layout<'a>(keys: impl Iterator<Item = &'a str>) -> Layout {
         if k.starts_with("module.") {
             return Layout::Release;
         }
-        if k.starts_with("backbone.") || k.starts_with("decoder.") {
+        if k.starts_with("backbone.") || k.starts_with("decoder.") || k.starts_with("head.") {
             layout = Layout::Ours;
         }
     }
@@ -174,7 +174,9 @@ pub(crate) trait KeyRules {
     fn may_default(&self, variable: &str) -> bool;
 }
 
-/// The ResNet + decoder rules: the layouts of the module docs, and the load's scope.
+/// The network's rules: the layouts of the module docs, and the load's scope. A ViT
+/// backbone's file (DINO's unprefixed names) loads like a torchvision one: the backbone
+/// only, with DINOv2's training-only `mask_token` skipped; the head keeps its values.
 struct ResNetRules {
     layout: Layout,
     backbone_only: bool,
@@ -185,10 +187,11 @@ impl KeyRules for ResNetRules {
         target(key, vars)
     }
     fn ignored(&self, key: &str) -> bool {
-        self.layout == Layout::Torchvision && key.starts_with("fc.")
+        self.layout == Layout::Torchvision && (key.starts_with("fc.") || key == "mask_token")
     }
     fn in_scope(&self, variable: &str) -> bool {
-        !self.backbone_only || !variable.starts_with("decoder.")
+        // A standalone backbone's variables have no prefix: all are in scope.
+        !self.backbone_only || !(variable.starts_with("decoder.") || variable.starts_with("head."))
     }
     fn may_default(&self, variable: &str) -> bool {
         variable.ends_with(".num_batches_tracked")
@@ -375,7 +378,7 @@ pub fn save_as(vs: &VarStore, path: impl AsRef<Path>, layout: Layout) -> Result<
             Layout::Release => format!("module.{name}"),
             Layout::Torchvision => match name.strip_prefix("backbone.") {
                 Some(rest) => rest.to_string(),
-                None if name.starts_with("decoder.") => continue,
+                None if name.starts_with("decoder.") || name.starts_with("head.") => continue,
                 // A standalone backbone VarStore already uses torchvision's names.
                 None => name,
             },
