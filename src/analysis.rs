@@ -98,20 +98,23 @@ fn epoch_of(n: &NodeRecord) -> u32 {
 
 impl Run {
     /// Opens a run without creating anything: a wrong folder is an error, not a new store.
+    /// `store_dir` is a folder or a remote store's URL (`s3://bucket/prefix`), whose
+    /// records are read through its cache.
     pub fn open(store_dir: &Path, run_name: &str) -> Result<Run, AnalysisError> {
-        if !store_dir.join("objects").is_dir() || !store_dir.join("runs").is_dir() {
+        if !Store::exists(store_dir) {
             return Err(AnalysisError::NotAStore {
                 path: store_dir.to_path_buf(),
             });
         }
-        let path = store_dir.join("runs").join(run_name).join("latest.json");
+        let store = Store::open(store_dir)?;
+        let path = store.root().join("runs").join(run_name).join("latest.json");
         // A name with a separator could escape runs/; treat it as unknown.
         let plain = crate::target::plain(run_name);
         if !plain || !path.is_file() {
             return Err(AnalysisError::NoSuchRun {
                 run: run_name.to_string(),
                 store: store_dir.to_path_buf(),
-                available: crate::target::recorded(store_dir),
+                available: crate::target::recorded(store.root()),
             });
         }
         let text = std::fs::read_to_string(&path).map_err(|e| AnalysisError::io(&path, e))?;
@@ -120,7 +123,6 @@ impl Run {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        let store = Store::open(store_dir)?;
         Ok(Run { store, record })
     }
 
@@ -200,7 +202,8 @@ impl Run {
                 message: format!("`{node}`.{output} names `{key}`, not an artifact key"),
             });
         }
-        match self.store.lookup(key) {
+        // A remote store that cannot be read is its error, not a corrupt artifact.
+        match self.store.try_lookup(key)? {
             Lookup::Valid(a) => Ok(*a),
             Lookup::Missing => Err(AnalysisError::Missing {
                 node: node.into(),

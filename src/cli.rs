@@ -13,6 +13,7 @@ use crate::plan::Plan;
 use crate::stage::{Mode, Registry};
 use crate::store::Store;
 use crate::target::Target;
+use picie_engine::remote::Location;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,7 +110,7 @@ enum Command {
         target: String,
         #[command(flatten)]
         store: FindStore,
-        /// Output folder (default: STORE/reports/NAME).
+        /// Output folder (default: STORE/reports/NAME; for an s3:// store, reports/NAME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Validation images to draw (image | ground truth | prediction | overlay).
@@ -130,14 +131,16 @@ enum WeightsAction {
 
 #[derive(Args, Debug)]
 struct FindStore {
-    /// The artifact store folder (default: the pipeline file's `store:`, else artifacts).
+    /// The artifact store: a folder or s3://bucket/prefix (default: the pipeline file's
+    /// `store:`, else artifacts).
     #[arg(long)]
     store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct StoreArg {
-    /// The artifact store folder.
+    /// The artifact store: a folder or s3://bucket/prefix (endpoint and credentials from
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
     #[arg(long, default_value = "artifacts")]
     store: PathBuf,
 }
@@ -221,11 +224,21 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 {
                     print!("{table}");
                 }
+                // A remote store's record is named where it lives, not by its cached copy.
+                let record = if store.is_remote() {
+                    store
+                        .location()
+                        .join("runs")
+                        .join(&plan.spec.name)
+                        .join("latest.json")
+                } else {
+                    report.record.clone()
+                };
                 println!(
                     "run `{}` finished in {:.2}s: {ran} stage(s) ran, {cached} cached; record {}",
                     plan.spec.name,
                     report.seconds,
-                    report.record.display()
+                    record.display()
                 );
             }
             Ok(())
@@ -350,7 +363,11 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                 eprintln!("note: {n}");
             }
             let name = found.target.name();
-            let out = out.unwrap_or_else(|| found.store.join("reports").join(name));
+            // A remote store's reports go beside the user, not into its hidden cache.
+            let out = out.unwrap_or_else(|| match Location::of_path(&found.store) {
+                Ok(Location::S3 { .. }) => Path::new("reports").join(name),
+                _ => found.store.join("reports").join(name),
+            });
             let files = match &found.target {
                 Target::Run(_) => crate::report::write_report(&found.store, name, &out, images)?,
                 Target::Sweep(_) => {
@@ -508,9 +525,9 @@ fn import_weights(input: &Path, output: &Path) -> Result<()> {
 }
 
 fn open_existing(root: &Path) -> Result<Store> {
-    if !root.join("objects").is_dir() {
+    if !Store::exists(root) {
         anyhow::bail!(
-            "{} is not an artifact store (no objects/ folder); pass --store DIR",
+            "{} is not an artifact store (no objects/ folder); pass --store DIR or s3://bucket/prefix",
             root.display()
         );
     }

@@ -44,7 +44,8 @@ pub struct Resolved {
     pub notes: Vec<String>,
 }
 
-/// The runs and sweeps recorded in a store, for messages: `a, b, c-seeds (sweep)`.
+/// The runs and sweeps recorded in a store's folder ([`Store::root`]: for a remote store,
+/// its cache, where its records are mirrored), for messages: `a, b, c-seeds (sweep)`.
 pub fn recorded(store_dir: &Path) -> String {
     let mut names: Vec<String> = std::fs::read_dir(store_dir.join("runs"))
         .map(|it| {
@@ -123,7 +124,7 @@ pub fn resolve(
             None,
         )
     };
-    if !store_dir.join("objects").is_dir() || !store_dir.join("runs").is_dir() {
+    if !Store::exists(&store_dir) {
         return Err(match from_file {
             Some(file) => AnalysisError::Other(format!(
                 "{file} keeps its runs in {}, which holds no artifact store yet; run `picie run {file}` first",
@@ -133,8 +134,11 @@ pub fn resolve(
         });
     }
     let wanted = candidates[0].clone();
+    // A remote store's records are read from its cache (mirrored when it opens).
+    let store = Store::open(&store_dir)?;
+    let local = store.root().to_path_buf();
     // Runs in progress hold runs/NAME/RUNNING (a sweep's members are NAME-seedN).
-    let in_progress = Store::open(&store_dir)?.running();
+    let in_progress = store.running();
     let running = in_progress
         .iter()
         .find(|(name, _)| match &wanted {
@@ -146,8 +150,8 @@ pub fn resolve(
         })
         .map(|(_, who)| who.as_str());
     let found = candidates.into_iter().find(|t| match t {
-        Target::Run(n) => has_run(&store_dir, n),
-        Target::Sweep(n) => has_sweep(&store_dir, n),
+        Target::Run(n) => has_run(&local, n),
+        Target::Sweep(n) => has_sweep(&local, n),
     });
     let mut notes = Vec::new();
     match (found, running) {
@@ -166,18 +170,18 @@ pub fn resolve(
         (None, Some(h)) => Err(AnalysisError::Other(format!(
             "{wanted} is in progress ({h}) and has no record yet: its record is written when it ends. Recorded in {}: {}",
             store_dir.display(),
-            recorded(&store_dir)
+            recorded(&local)
         ))),
         (None, None) => Err(match from_file {
             Some(file) => AnalysisError::Other(format!(
                 "{file} names {wanted}, which {} does not hold; run `picie run {file}` first. Recorded there: {}",
                 store_dir.display(),
-                recorded(&store_dir)
+                recorded(&local)
             )),
             None => AnalysisError::NoSuchRun {
                 run: arg.into(),
                 store: store_dir.clone(),
-                available: recorded(&store_dir),
+                available: recorded(&local),
             },
         }),
     }

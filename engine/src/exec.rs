@@ -18,9 +18,6 @@ use crate::plan::Plan;
 use crate::stage::Mode;
 use crate::store::{now, Lookup, NodeRecord, RunRecord, Store};
 
-/// How often a run waiting for another run's nodes looks again.
-const CLAIM_POLL: Duration = Duration::from_millis(200);
-
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Recompute these stages (or `name@N` nodes) even when cached.
@@ -133,7 +130,8 @@ pub fn decide(
         let mut missing: Option<Why> = None;
         for port in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
             let key = &node.output_keys[port.name];
-            match store.lookup(key) {
+            // A remote store that fails here stops the run before anything is computed.
+            match store.try_lookup(key)? {
                 Lookup::Valid(a) => {
                     cached.insert(port.name.to_string(), *a);
                 }
@@ -360,12 +358,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         Ok(c) => c,
                         Err(e) => {
                             // The claims folder is unusable: nothing can be run safely.
-                            outcomes[members[0]] = Outcome::Failed {
-                                error: e.to_string(),
-                                secondary: false,
-                            };
-                            first_error.get_or_insert((members[0], StageError::from(e)));
-                            cancel_tx.take();
+                            let failed = &mut (&mut outcomes[..], &mut first_error, &mut cancel_tx);
+                            fail_group(members[0], e, failed);
                             break;
                         }
                     };
@@ -380,8 +374,16 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             elsewhere.insert(g, holder);
                         }
                         Ok(held) => {
-                            if let Some(done) = committed_elsewhere(plan, store, &members, &forced)
-                            {
+                            let done = match committed_elsewhere(plan, store, &members, &forced) {
+                                Ok(done) => done,
+                                Err(e) => {
+                                    let failed =
+                                        &mut (&mut outcomes[..], &mut first_error, &mut cancel_tx);
+                                    fail_group(members[0], e, failed);
+                                    break;
+                                }
+                            };
+                            if let Some(done) = done {
                                 for (i, arts) in done {
                                     info!("{} was computed by another run", plan.nodes[i].name);
                                     adopt(i, arts, &mut available, &mut outcomes);
@@ -469,7 +471,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             let got = if elsewhere.is_empty() {
                 Some(done_rx.recv().expect("a sender is held here"))
             } else {
-                done_rx.recv_timeout(CLAIM_POLL).ok()
+                done_rx.recv_timeout(store.poll_interval()).ok()
             };
             let Some((i, r, secs)) = got else {
                 // Try the waiting groups again: their holder may have finished or died.
@@ -547,7 +549,15 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             })
             .collect(),
     };
-    let record_path = store.write_run_record(&record)?;
+    let record_path = match (store.write_run_record(&record), &failure) {
+        (Ok(p), _) => p,
+        (Err(e), None) => return Err(e.into()),
+        // The store failing is most likely also why the run failed: report that failure.
+        (Err(e), Some(_)) => {
+            warn!("cannot write the run record: {e}");
+            std::path::PathBuf::new()
+        }
+    };
     drop(lease);
     if let Some((i, source)) = failure {
         return Err(Error::StageFailed {
@@ -590,34 +600,56 @@ fn claim_group(
     Ok(Ok(held))
 }
 
+/// Where a failing group is recorded: outcomes, the run's first error, and the cancel
+/// sender (dropped to stop the run).
+type Failed<'a> = (
+    &'a mut [Outcome],
+    &'a mut Option<(usize, StageError)>,
+    &'a mut Option<Sender<()>>,
+);
+
+/// The store failed while claiming or adopting a group (node `at` first): nothing can be run
+/// safely, so the run stops with that error.
+fn fail_group<E: std::fmt::Display + Into<StageError>>(at: usize, e: E, f: &mut Failed) {
+    f.0[at] = Outcome::Failed {
+        error: e.to_string(),
+        secondary: false,
+    };
+    f.1.get_or_insert((at, e.into()));
+    f.2.take();
+}
+
+/// Committed artifacts per node of a group: (node index, output name -> artifact).
+type Adopted = Vec<(usize, BTreeMap<String, Artifact>)>;
+
 /// When every node of a group that commits artifacts finds them valid in the store (another
 /// run computed them), those artifacts per node; `None` if something is still to compute
-/// or a node is forced.
+/// or a node is forced. An error is the store failing.
 fn committed_elsewhere(
     plan: &Plan,
     store: &Store,
     members: &[usize],
     forced: &[bool],
-) -> Option<Vec<(usize, BTreeMap<String, Artifact>)>> {
+) -> Result<Option<Adopted>, crate::store::StoreError> {
     let mut out = Vec::new();
     for &i in members {
         let node = &plan.nodes[i];
         if forced[i] {
-            return None;
+            return Ok(None);
         }
         let mut arts = BTreeMap::new();
         for p in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
-            match store.lookup(&node.output_keys[p.name]) {
+            match store.try_lookup(&node.output_keys[p.name])? {
                 Lookup::Valid(a) => {
                     arts.insert(p.name.to_string(), *a);
                 }
-                _ => return None,
+                _ => return Ok(None),
             }
         }
         out.push((i, arts));
     }
     // A group of pure stream producers commits nothing: there is nothing to adopt.
-    out.iter().any(|(_, a)| !a.is_empty()).then_some(out)
+    Ok(out.iter().any(|(_, a)| !a.is_empty()).then_some(out))
 }
 
 /// Takes another run's committed outputs of node `i` as this run's.

@@ -10,22 +10,34 @@
 //! nothing held, and the next run takes its nodes over. Runs of different names share the
 //! store; each node is computed by the one run that claims it while the others wait and
 //! then read it (see [`crate::exec`]).
+//!
+//! On a remote store the run lease and the claims are lease objects that expire unless
+//! renewed (see [`crate::remote`]); there is no LOCK, and gc is refused. Scratch folders
+//! are the cache's, as here.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::remote::RemoteLease;
 use crate::store::{now, Store, StoreError, StoreLock};
 
-/// The right to run as NAME on a store: released on drop or when the process dies.
+/// The right to run as NAME on a store: released on drop or when the process dies (on a
+/// remote store: when its lease expires).
 pub struct RunLease {
-    _store: File,
-    _running: File,
+    _held: Held,
 }
 
-/// The right to compute one node: released on drop or when the process dies.
+/// The right to compute one node: released on drop or when the process dies (on a remote
+/// store: when its lease expires).
 pub struct Claim {
-    _file: File,
+    _held: Held,
+}
+
+/// What a lease or claim holds until dropped.
+enum Held {
+    Files { _files: Vec<File> },
+    Object { _lease: RemoteLease },
 }
 
 /// Takes `path`'s flock (shared or exclusive) without waiting: the file, or who holds it.
@@ -81,11 +93,22 @@ impl Store {
     /// shared with other runs but not with gc, and a second run of the same name is
     /// refused, with who holds it.
     pub fn enter_run(&self, name: &str, what: &str) -> Result<RunLease, StoreError> {
+        if let Some(remote) = &self.remote {
+            return match self.remote_run_lease(remote, name, what)? {
+                Ok(lease) => Ok(RunLease {
+                    _held: Held::Object { _lease: lease },
+                }),
+                Err(holder) => Err(StoreError::RunInProgress {
+                    name: name.to_string(),
+                    holder,
+                }),
+            };
+        }
         let lock = self.root().join("LOCK");
         let store = try_hold(&lock, true)
             .map_err(|e| self.io_err(&lock, e))?
             .map_err(|holder| StoreError::Locked {
-                root: self.root().to_path_buf(),
+                root: self.location().to_path_buf(),
                 holder,
             })?;
         let dir = self.root().join("runs").join(name);
@@ -99,20 +122,28 @@ impl Store {
             })?;
         say(&mut running, what).map_err(|e| self.io_err(&path, e))?;
         Ok(RunLease {
-            _store: store,
-            _running: running,
+            _held: Held::Files {
+                _files: vec![store, running],
+            },
         })
     }
 
     /// Claims node `key` for this process, or says who computes it now.
     pub fn claim(&self, key: &str, what: &str) -> Result<Result<Claim, String>, StoreError> {
+        if let Some(remote) = &self.remote {
+            return Ok(self.remote_claim(remote, key, what)?.map(|lease| Claim {
+                _held: Held::Object { _lease: lease },
+            }));
+        }
         let dir = self.root().join("claims");
         fs::create_dir_all(&dir).map_err(|e| self.io_err(&dir, e))?;
         let path = dir.join(format!("{key}.lock"));
         match try_hold(&path, false).map_err(|e| self.io_err(&path, e))? {
             Ok(mut file) => {
                 say(&mut file, what).map_err(|e| self.io_err(&path, e))?;
-                Ok(Ok(Claim { _file: file }))
+                Ok(Ok(Claim {
+                    _held: Held::Files { _files: vec![file] },
+                }))
             }
             Err(holder) => Ok(Err(holder)),
         }
@@ -120,6 +151,9 @@ impl Store {
 
     /// The runs in progress on this store: (name, who).
     pub fn running(&self) -> Vec<(String, String)> {
+        if let Some(remote) = &self.remote {
+            return self.running_remote(remote);
+        }
         let mut out: Vec<(String, String)> = fs::read_dir(self.root().join("runs"))
             .map(|it| {
                 it.filter_map(|e| e.ok())
@@ -137,11 +171,14 @@ impl Store {
     /// Takes the store for itself (gc), or says who holds it: no run may be in progress.
     /// Runs share it through [`Store::enter_run`].
     pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
+        if self.remote.is_some() {
+            return Err(self.no_remote_gc());
+        }
         let path = self.root().join("LOCK");
         let mut file = try_hold(&path, false)
             .map_err(|e| self.io_err(&path, e))?
             .map_err(|holder| StoreError::Locked {
-                root: self.root().to_path_buf(),
+                root: self.location().to_path_buf(),
                 holder,
             })?;
         say(&mut file, what).map_err(|e| self.io_err(&path, e))?;

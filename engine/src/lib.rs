@@ -15,6 +15,7 @@
 //! section   application-defined top-level sections
 //! store     the content-addressed store; artifact: its Parquet/Arrow tables
 //! lease     many runs on one store: run leases, per-node claims, scratch folders
+//! remote    stores on S3-compatible object storage: cache, commits, lease objects
 //! seeds     multi-seed sweeps: member runs and the sweep record
 //! diag      located diagnostics; error: the engine's errors
 //! ```
@@ -26,6 +27,7 @@ pub mod error;
 pub mod exec;
 pub mod lease;
 pub mod plan;
+pub mod remote;
 pub mod section;
 pub mod seeds;
 pub mod spec;

@@ -18,7 +18,8 @@ pub struct Spec {
     /// `seeds:`: run the pipeline once per seed (see [`crate::seeds`]); empty for one run
     /// with `seed`.
     pub seeds: Vec<u64>,
-    /// Resolved against the pipeline file's folder when relative.
+    /// A folder, resolved against the pipeline file's folder when relative, or an object
+    /// store URL as written (`s3://bucket/prefix`; see [`crate::remote`]).
     pub store: PathBuf,
     pub channel_capacity: usize,
     /// The application's top-level sections as written (see [`crate::SectionDef`]).
@@ -128,11 +129,23 @@ pub fn parse(text: &str, file: &Path, sections: &[&str], diags: &mut Diagnostics
         .map(|n| seed_list(n, diags))
         .unwrap_or_default();
     let base = file.parent().unwrap_or(Path::new("."));
-    let store = map
-        .get_node("store")
+    let store_node = map.get_node("store");
+    let store = store_node
         .and_then(|n| scalar(n, "store", diags))
         .unwrap_or_else(|| "artifacts".into());
-    let store = base.join(store);
+    // A folder (relative to the file), `file://`, or an object store URL kept as written.
+    let store = match crate::remote::Location::parse(&store) {
+        Ok(crate::remote::Location::Local(dir)) => base.join(dir),
+        Ok(crate::remote::Location::S3 { url, .. }) => PathBuf::from(url),
+        Err(message) => {
+            diags.push(
+                Diagnostic::new(loc_of(store_node), message).hint(
+                    "give a folder, `file:///abs/dir`, or `s3://bucket/prefix` (endpoint and credentials from AWS_* variables)",
+                ),
+            );
+            PathBuf::from(store)
+        }
+    };
     let channel_capacity = map
         .get_node("channel_capacity")
         .and_then(|n| {

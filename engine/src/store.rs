@@ -9,6 +9,10 @@
 //! ```
 //! A commit writes into tmp/, fsyncs every file and the manifest, then renames the folder
 //! into objects/: a crash leaves either the old state or the new one, never half of it.
+//!
+//! A store may also live on S3-compatible object storage (`s3://bucket/prefix`): the folder
+//! above is then its local cache, and [`crate::remote`] says what lives where and how
+//! commits and leases work there.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -17,8 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::artifact::{Artifact, ArtifactWriter, FileEntry, Format, Manifest};
+use crate::remote::{Location, Remote, RemoteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +50,11 @@ pub enum StoreError {
     },
     #[error("{path}: {message}")]
     Bad { path: PathBuf, message: String },
+    /// A remote store failed or refused a request (unreachable, missing bucket, denied).
+    #[error("artifact store {url}: {message}")]
+    Remote { url: String, message: String },
+    #[error("artifact store {location}: {message}")]
+    Unsupported { location: PathBuf, message: String },
 }
 
 /// What a lookup found under a key.
@@ -59,9 +70,13 @@ pub enum Lookup {
 pub type Listed = Result<Artifact, (PathBuf, String)>;
 
 pub struct Store {
+    /// The local folder: the store itself, or a remote store's cache.
     root: PathBuf,
-    commit_lock: Mutex<()>,
-    counter: AtomicU64,
+    /// What errors name: the folder, or the remote store's URL.
+    location: PathBuf,
+    pub(crate) remote: Option<Remote>,
+    pub(crate) commit_lock: Mutex<()>,
+    pub(crate) counter: AtomicU64,
     /// This process's folder under tmp/ and the lock that marks it live (see `lease`).
     pub(crate) scratch: Mutex<Option<(PathBuf, File)>>,
 }
@@ -72,22 +87,74 @@ pub struct StoreLock {
 }
 
 impl Store {
+    /// Opens (creating) the store at `root`: a folder, `file://DIR`, or `s3://bucket/prefix`
+    /// with the endpoint and credentials from the environment (see [`crate::remote`]).
     pub fn open(root: &Path) -> Result<Self, StoreError> {
+        Self::open_with(root, &RemoteOptions::default())
+    }
+
+    /// [`Store::open`] with a remote store's cache folder, lease ttl or S3 settings given.
+    pub fn open_with(root: &Path, opts: &RemoteOptions) -> Result<Self, StoreError> {
+        let location = Location::of_path(root).map_err(|message| StoreError::Unsupported {
+            location: root.to_path_buf(),
+            message,
+        })?;
+        let (dir, remote, location) = match location {
+            Location::Local(dir) => (dir.clone(), None, dir),
+            Location::S3 {
+                url,
+                bucket,
+                prefix,
+            } => {
+                let remote = Remote::open(&url, &bucket, &prefix, opts)?;
+                let cache = opts
+                    .cache
+                    .clone()
+                    .unwrap_or_else(|| crate::remote::cache_dir(&url));
+                (cache, Some(remote), PathBuf::from(url))
+            }
+        };
         let store = Self {
-            root: root.to_path_buf(),
+            root: dir,
+            location,
+            remote,
             commit_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
             scratch: Mutex::new(None),
         };
         for d in ["objects", "tmp", "runs"] {
-            let p = root.join(d);
+            let p = store.root.join(d);
             fs::create_dir_all(&p).map_err(|e| store.io(&p, e))?;
+        }
+        if let Some(remote) = &store.remote {
+            // For whoever wonders what a cache folder is for.
+            let _ = fs::write(store.root.join("URL"), format!("{}\n", remote.client.url));
+            store.sync_records(remote)?;
         }
         Ok(store)
     }
 
+    /// Whether `root` may name a store to read from (inspect, report, ls): a folder with
+    /// objects/ and runs/, or a URL (probed, or refused with why, when opened).
+    pub fn exists(root: &Path) -> bool {
+        match Location::of_path(root) {
+            Ok(Location::Local(dir)) => dir.join("objects").is_dir() && dir.join("runs").is_dir(),
+            Ok(Location::S3 { .. }) | Err(_) => true,
+        }
+    }
+
+    /// The local folder: the store itself, or a remote store's cache (laid out alike).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The store as its user named it: its folder, or its URL (`s3://bucket/prefix`).
+    pub fn location(&self) -> &Path {
+        &self.location
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     pub(crate) fn io_err(&self, path: &Path, source: std::io::Error) -> StoreError {
@@ -96,7 +163,7 @@ impl Store {
 
     fn io(&self, path: &Path, source: std::io::Error) -> StoreError {
         StoreError::Io {
-            root: self.root.clone(),
+            root: self.location.clone(),
             path: path.to_path_buf(),
             source,
         }
@@ -106,19 +173,37 @@ impl Store {
         self.root.join("objects").join(&key[..2]).join(key)
     }
 
-    /// Finds an artifact and verifies every file against its manifest checksum.
+    /// Finds an artifact and verifies every file against its manifest checksum. A remote
+    /// store that cannot be read is reported as corrupt, with why; [`Store::try_lookup`]
+    /// tells that apart.
     pub fn lookup(&self, key: &str) -> Lookup {
+        self.try_lookup(key)
+            .unwrap_or_else(|e| Lookup::Corrupt(e.to_string()))
+    }
+
+    /// Finds an artifact, verified: in the folder, or for a remote store in its cache,
+    /// else downloaded from the remote into the cache (once per machine). An error is the
+    /// remote failing, not the artifact.
+    pub fn try_lookup(&self, key: &str) -> Result<Lookup, StoreError> {
         let dir = self.object_dir(key);
-        if !dir.exists() {
-            return Lookup::Missing;
+        if dir.exists() {
+            match (self.verify(&dir, key), &self.remote) {
+                (Ok(a), _) => return Ok(Lookup::Valid(Box::new(a))),
+                (Err(reason), None) => return Ok(Lookup::Corrupt(reason)),
+                (Err(reason), Some(_)) => {
+                    // Only the cached copy is bad: fetch the artifact again.
+                    warn!("cached copy of artifact {key} is corrupt ({reason}); fetching it again");
+                    let _ = fs::remove_dir_all(&dir);
+                }
+            }
         }
-        match self.verify(&dir, key) {
-            Ok(a) => Lookup::Valid(Box::new(a)),
-            Err(reason) => Lookup::Corrupt(reason),
+        match &self.remote {
+            None => Ok(Lookup::Missing),
+            Some(remote) => self.fetch(remote, key),
         }
     }
 
-    fn verify(&self, dir: &Path, key: &str) -> Result<Artifact, String> {
+    pub(crate) fn verify(&self, dir: &Path, key: &str) -> Result<Artifact, String> {
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).map_err(|e| format!("manifest.json: {e}"))?;
         let manifest: Manifest =
@@ -169,7 +254,7 @@ impl Store {
     ) -> Result<Artifact, crate::error::StageError> {
         writer.finish()?;
         if !replace {
-            if let Lookup::Valid(existing) = self.lookup(&manifest.key) {
+            if let Lookup::Valid(existing) = self.try_lookup(&manifest.key)? {
                 let _ = fs::remove_dir_all(&writer.dir);
                 return Ok(*existing);
             }
@@ -209,6 +294,15 @@ impl Store {
         let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
         write_synced(&mpath, text.as_bytes()).map_err(|e| self.io(&mpath, e))?;
         sync_dir(&dir).map_err(|e| self.io(&dir, e))?;
+        // On a remote store the artifact exists once its manifest is published there; the
+        // cache takes it only then, so that it never holds what the remote lacks.
+        if let Some(remote) = &self.remote {
+            let published = self.publish(remote, &dir, &manifest, text.as_bytes(), replace)?;
+            if let crate::remote::Published::Theirs(a) = published {
+                let _ = fs::remove_dir_all(&dir);
+                return Ok(*a);
+            }
+        }
 
         let target = self.object_dir(&manifest.key);
         let parent = target.parent().expect("object dirs have a parent");
@@ -236,19 +330,26 @@ impl Store {
         })
     }
 
-    /// Deletes a corrupt artifact so that it is recomputed.
+    /// Deletes a corrupt artifact so that it is recomputed (from a remote store too).
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
         let dir = self.object_dir(key);
         match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io(&dir, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(&dir, e)),
+        }
+        match &self.remote {
+            Some(remote) => self.remove_remote(remote, key),
+            None => Ok(()),
         }
     }
 
     /// Every artifact's folder and manifest (unverified; unreadable manifests are skipped
     /// with their reason).
     pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        if let Some(remote) = &self.remote {
+            return self.list_remote(remote);
+        }
         let objects = self.root.join("objects");
         let mut out = Vec::new();
         let mut shards: Vec<_> = fs::read_dir(&objects)
@@ -289,13 +390,13 @@ impl Store {
             .collect();
         match matches.len() {
             0 => Err(StoreError::NotFound {
-                root: self.root.clone(),
+                root: self.location.clone(),
                 prefix: prefix.to_string(),
             }),
-            1 => match self.lookup(&matches[0]) {
+            1 => match self.try_lookup(&matches[0])? {
                 Lookup::Valid(a) => Ok(*a),
                 Lookup::Missing => Err(StoreError::NotFound {
-                    root: self.root.clone(),
+                    root: self.location.clone(),
                     prefix: prefix.to_string(),
                 }),
                 Lookup::Corrupt(why) => Err(StoreError::Bad {
@@ -304,7 +405,7 @@ impl Store {
                 }),
             },
             count => Err(StoreError::Ambiguous {
-                root: self.root.clone(),
+                root: self.location.clone(),
                 prefix: prefix.to_string(),
                 count,
             }),
@@ -323,19 +424,36 @@ impl Store {
     }
 
     /// Writes a file beside the store's objects (a record): a reader sees the old contents
-    /// or the new ones, never half of them.
+    /// or the new ones, never half of them. On a remote store it is written to the cache
+    /// and then uploaded to the same place under the prefix.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_local(path, bytes)?;
+        match &self.remote {
+            Some(remote) => self.upload_record(remote, path),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn write_local(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| self.io(dir, e))?;
         }
+        // Unique per writer: processes sharing a cache may mirror one record at once.
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(
+            ".{}-{}.tmp",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
         let tmp = PathBuf::from(tmp);
         write_synced(&tmp, bytes).map_err(|e| self.io(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| self.io(path, e))
     }
 
     pub fn run_records(&self) -> Result<Vec<RunRecord>, StoreError> {
+        if let Some(remote) = &self.remote {
+            self.sync_records(remote)?;
+        }
         let runs = self.root.join("runs");
         let mut out = Vec::new();
         for e in fs::read_dir(&runs).map_err(|e| self.io(&runs, e))? {
@@ -354,6 +472,9 @@ impl Store {
 
     /// Deletes artifacts that no run's latest record refers to, and leftovers in tmp/.
     pub fn gc(&self, _lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
+        if self.remote.is_some() {
+            return Err(self.no_remote_gc());
+        }
         let keep: std::collections::HashSet<String> = self
             .run_records()?
             .into_iter()
@@ -381,6 +502,19 @@ impl Store {
             let _ = fs::remove_dir_all(self.root.join("claims"));
         }
         Ok(report)
+    }
+}
+
+impl Store {
+    /// gc needs every run of a remote store to be known stopped, which leases that expire
+    /// cannot promise without a store-wide lock; it is refused until that exists.
+    pub(crate) fn no_remote_gc(&self) -> StoreError {
+        StoreError::Unsupported {
+            location: self.location.clone(),
+            message: "gc on s3:// stores is not supported yet (it would need every run on \
+                      every machine stopped); its local cache may be deleted at any time"
+                .into(),
+        }
     }
 }
 
@@ -423,7 +557,7 @@ pub fn checksum(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()

@@ -5,6 +5,7 @@ mod common;
 mod cache;
 mod epochs;
 mod executor;
+mod s3;
 mod sections;
 mod seeds;
 mod spec_errors;

@@ -1,0 +1,344 @@
+//! A blocking face on object_store's async S3 client: the engine stays synchronous, and a
+//! small tokio runtime of its own drives the requests (`block_on`).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion, WriteMultipart,
+};
+
+use crate::store::StoreError;
+
+/// Files up to this size go up in one PUT; larger ones as multipart uploads of such parts.
+const PART: usize = 16 << 20;
+/// The probe at open: long enough for a slow but live endpoint, short enough for a person.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An object as read, with the ETag that a conditional update names.
+pub(crate) struct Got {
+    pub bytes: Vec<u8>,
+    pub e_tag: Option<String>,
+}
+
+/// How a conditional PUT ended.
+#[derive(Debug)]
+pub(crate) enum Put {
+    Done {
+        e_tag: Option<String>,
+    },
+    /// `PutMode::Create` found an object there.
+    Exists,
+    /// `PutMode::Update` found another version there.
+    Changed,
+}
+
+pub(crate) struct Client {
+    pub url: String,
+    /// The endpoint as configured, for messages (`None`: AWS itself).
+    endpoint: Option<String>,
+    bucket: String,
+    prefix: String,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    /// Builds the S3 client from the `AWS_*` variables, then `overrides`, with timeouts
+    /// and retries that let a dead endpoint fail within seconds.
+    pub fn connect(
+        url: &str,
+        bucket: &str,
+        prefix: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Client, StoreError> {
+        let fail = |message: String| StoreError::Remote {
+            url: url.to_string(),
+            message,
+        };
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "3s",
+            )
+            // Whole requests, bodies included: large artifacts on slow links need minutes.
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(20),
+            });
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            b = b.with_region("us-east-1");
+        }
+        for (k, v) in overrides {
+            let key: AmazonS3ConfigKey = k
+                .parse()
+                .map_err(|e| fail(format!("unknown S3 setting `{k}`: {e}")))?;
+            b = b.with_config(key, v);
+        }
+        let endpoint = b
+            .get_config_value(&AmazonS3ConfigKey::Endpoint)
+            .filter(|e| !e.is_empty());
+        let store = b
+            .build()
+            .map_err(|e| fail(format!("cannot configure the S3 client: {}", chain(&e))))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("picie-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(Client {
+            url: url.to_string(),
+            endpoint,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            store: Arc::new(store),
+            rt,
+        })
+    }
+
+    /// One listing under the prefix, bounded in time: the store is reachable, the bucket
+    /// exists and the credentials are accepted.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let prefix = self.path("");
+        let store = Arc::clone(&self.store);
+        let r = self.rt.block_on(async move {
+            tokio::time::timeout(PROBE_TIMEOUT, store.list_with_delimiter(Some(&prefix))).await
+        });
+        let why = match r {
+            Ok(Ok(_)) => return Ok(()),
+            Err(_) => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
+            Ok(Err(e)) if no_bucket(&e) => format!("bucket `{}` does not exist", self.bucket),
+            // Without keys, object_store asks the EC2 instance metadata service for some.
+            Ok(Err(e)) if chain(&e).contains("169.254.169.254") => format!(
+                "no credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY unset, and no instance metadata service: {})",
+                chain(&e)
+            ),
+            Ok(Err(e)) => chain(&e),
+        };
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default();
+        Err(StoreError::Remote {
+            url: self.url.clone(),
+            message: format!(
+                "cannot open it{endpoint}: {why} (check AWS_ENDPOINT_URL, the bucket and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            ),
+        })
+    }
+
+    /// The object path of `rel` under the prefix.
+    pub fn path(&self, rel: &str) -> ObjectPath {
+        match (self.prefix.is_empty(), rel.is_empty()) {
+            (true, _) => ObjectPath::from(rel),
+            (false, true) => ObjectPath::from(self.prefix.as_str()),
+            (false, false) => ObjectPath::from(format!("{}/{rel}", self.prefix)),
+        }
+    }
+
+    fn err(&self, what: &str, rel: &str, e: &object_store::Error) -> StoreError {
+        StoreError::Remote {
+            url: self.url.clone(),
+            message: format!("{what} {rel}: {}", chain(e)),
+        }
+    }
+
+    /// The object `rel`, or `None` when there is none.
+    pub fn get(&self, rel: &str) -> Result<Option<Got>, StoreError> {
+        let path = self.path(rel);
+        let r = self.rt.block_on(async {
+            let got = self.store.get(&path).await?;
+            let e_tag = got.meta.e_tag.clone();
+            let bytes = got.bytes().await?;
+            Ok::<_, object_store::Error>(Got {
+                bytes: bytes.to_vec(),
+                e_tag,
+            })
+        });
+        match r {
+            Ok(g) => Ok(Some(g)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("cannot read", rel, &e)),
+        }
+    }
+
+    /// Whether `rel` exists.
+    pub fn exists(&self, rel: &str) -> Result<bool, StoreError> {
+        let path = self.path(rel);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("cannot look up", rel, &e)),
+        }
+    }
+
+    /// Writes `bytes` to `rel` as `mode` says (create only, update a version, overwrite).
+    pub fn put(&self, rel: &str, bytes: Vec<u8>, mode: PutMode) -> Result<Put, StoreError> {
+        let path = self.path(rel);
+        let r = self.rt.block_on(self.store.put_opts(
+            &path,
+            PutPayload::from(bytes),
+            PutOptions::from(mode),
+        ));
+        match r {
+            Ok(p) => Ok(Put::Done { e_tag: p.e_tag }),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
+            Err(object_store::Error::Precondition { .. }) => Ok(Put::Changed),
+            Err(e) => Err(self.err("cannot write", rel, &e)),
+        }
+    }
+
+    /// Uploads a local file to `rel` (overwriting): one PUT, or a multipart upload.
+    pub fn upload(&self, file: &Path, rel: &str) -> Result<(), StoreError> {
+        let io = |e: std::io::Error| StoreError::Remote {
+            url: self.url.clone(),
+            message: format!("cannot upload {}: {e}", file.display()),
+        };
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let path = self.path(rel);
+        if len <= PART as u64 {
+            let mut bytes = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut bytes).map_err(io)?;
+            return self.put(rel, bytes, PutMode::Overwrite).map(|_| ());
+        }
+        let r = self.rt.block_on(async {
+            let upload = self.store.put_multipart(&path).await?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        w.abort().await.ok();
+                        return Err(object_store::Error::Generic {
+                            store: "local file",
+                            source: Box::new(e),
+                        });
+                    }
+                };
+                w.wait_for_capacity(2).await?;
+                w.write(&buf[..n]);
+            }
+            w.finish().await
+        });
+        r.map(|_| ())
+            .map_err(|e| self.err("cannot upload", rel, &e))
+    }
+
+    /// Streams `rel` into the local file `to`: its size and BLAKE3 checksum, or `None`
+    /// when there is no such object.
+    pub fn download(&self, rel: &str, to: &Path) -> Result<Option<(u64, String)>, StoreError> {
+        let path = self.path(rel);
+        let io = |e: std::io::Error| StoreError::Remote {
+            url: self.url.clone(),
+            message: format!("cannot download {rel} into {}: {e}", to.display()),
+        };
+        let mut out = std::fs::File::create(to).map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        let r = self.rt.block_on(async {
+            let mut stream = self.store.get(&path).await?.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                len += chunk.len() as u64;
+                out.write_all(&chunk)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    })?;
+            }
+            Ok::<_, object_store::Error>(())
+        });
+        match r {
+            Ok(()) => {
+                out.sync_all().map_err(io)?;
+                Ok(Some((len, hasher.finalize().to_hex().to_string())))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("cannot download", rel, &e)),
+        }
+    }
+
+    /// Every object under `rel_prefix` (a folder: `objects/`, `runs/`): its path relative
+    /// to the store's prefix.
+    pub fn list(&self, rel_prefix: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.path(rel_prefix.trim_end_matches('/'));
+        let skip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let r = self.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut s = self.store.list(Some(&path));
+            while let Some(m) = s.next().await {
+                out.push(m?.location.as_ref().get(skip..).unwrap_or("").to_string());
+            }
+            Ok::<_, object_store::Error>(out)
+        });
+        let mut v = r.map_err(|e| self.err("cannot list", rel_prefix, &e))?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Deletes `rel`; a missing object is fine.
+    pub fn delete(&self, rel: &str) -> Result<(), StoreError> {
+        let path = self.path(rel);
+        match self.rt.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("cannot delete", rel, &e)),
+        }
+    }
+}
+
+/// `PutMode::Update` for an observed ETag.
+pub(crate) fn update(e_tag: Option<String>) -> PutMode {
+    PutMode::Update(UpdateVersion {
+        e_tag,
+        version: None,
+    })
+}
+
+/// Whether a listing failed because the bucket does not exist.
+fn no_bucket(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) || chain(e).contains("NoSuchBucket")
+}
+
+/// An error and its causes on one line, without repeats (object_store's messages already
+/// include some of their sources), and an S3 error document as `Code: Message`.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let s = crate::error::chain(e);
+    match (s.find("<?xml"), between(&s, "<Code>", "</Code>")) {
+        (Some(at), Some(code)) => {
+            let message = between(&s, "<Message>", "</Message>").unwrap_or_default();
+            format!("{}{code}: {message}", &s[..at])
+        }
+        _ => s,
+    }
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = s.find(open)? + open.len();
+    let len = s[start..].find(close)?;
+    Some(&s[start..start + len])
+}
