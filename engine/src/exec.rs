@@ -366,8 +366,12 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                     match claimed {
                         Err(holder) => {
                             if announced.insert(g) {
+                                // Nodes of one run can share a key (a pool of repeating draws).
+                                let own =
+                                    holder.starts_with(&format!("pid {},", std::process::id()));
+                                let by = if own { "this run" } else { "another run" };
                                 info!(
-                                    "{}: computed by another run now ({holder}); waiting for it",
+                                    "{}: computed by {by} now ({holder}); waiting for it",
                                     plan.nodes[members[0]].name
                                 );
                             }
