@@ -29,7 +29,7 @@ use crate::io::tokens::{self, EVAL_VIEW};
 use crate::sections::PicieContext;
 use picie_core::augment_params::Geometric;
 use picie_core::data::Split;
-use picie_core::model::weights::{self, LoadConfig, Scope};
+use picie_core::model::weights::Scope;
 use picie_core::model::{InputNorm, NetArch, NetConfig, PosInterp};
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
@@ -173,11 +173,7 @@ impl Stage for Backbone {
         let device = ctx.device().tch();
         let m = checkpoint::build_seeded(&p.net(), device, ctx.seed())?;
         if let Some(file) = &p.weights {
-            let path = ctx.base_dir().join(file);
-            let cfg = LoadConfig {
-                scope: Scope::BackboneOnly,
-            };
-            weights::load(&m.vs, &path, &cfg).map_err(|e| StageError::context("`weights`", e))?;
+            checkpoint::load_weights(ctx, &m, file, Scope::BackboneOnly)?;
         }
         m.channels_last();
         let digest = checkpoint::backbone_digest(&m)?;

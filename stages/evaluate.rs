@@ -183,6 +183,12 @@ impl Stage for Evaluate {
         let device = ctx.device().tch();
         let mut m = checkpoint::load(ctx.input(CHECKPOINT.name)?, device)?;
         m.channels_last();
+        // Hashing the backbone's weights once serves both stored-token inputs.
+        let digest = [TRAIN_TOKENS.name, VAL_TOKENS.name]
+            .iter()
+            .any(|p| ctx.has_input(p))
+            .then(|| checkpoint::backbone_digest(&m))
+            .transpose()?;
         let bn = p.kmeans_bn();
         let train_bn = bn == Some(BnMode::Train);
         let data = ctx.dataset()?.clone();
@@ -243,7 +249,7 @@ impl Stage for Evaluate {
                     // frames would be far from the data set's.
                     ids.shuffle(&mut shuffle_rng(ctx.seed(), ctx.epoch().unwrap_or(0)));
                 }
-                let train_tokens = open_tokens(ctx, TRAIN_TOKENS.name, &m)?;
+                let train_tokens = open_tokens(ctx, TRAIN_TOKENS.name, digest.as_deref())?;
                 let mut seen = 0;
                 for item in passes(train_tokens.as_ref(), &ids, p.batch, n) {
                     ctx.check_cancelled()?;
@@ -301,7 +307,7 @@ impl Stage for Evaluate {
         let mut cluster_px = vec![0u64; k];
         let ids: Vec<usize> = (0..n).collect();
         ctx.progress().set_length(n as u64);
-        let val_tokens = open_tokens(ctx, VAL_TOKENS.name, &m)?;
+        let val_tokens = open_tokens(ctx, VAL_TOKENS.name, digest.as_deref())?;
         let mut seen = 0;
         for item in passes(val_tokens.as_ref(), &ids, p.batch, n) {
             ctx.check_cancelled()?;
@@ -315,14 +321,18 @@ impl Stage for Evaluate {
             let mut masks = Vec::new();
             for r in loaded {
                 let (img, mask) = r?;
-                imgs.push(to_tensor_normalised(&img));
+                // With stored tokens only the masks are needed.
+                if tokens.is_none() {
+                    imgs.push(to_tensor_normalised(&img));
+                }
                 masks.push(mask);
             }
-            let x = Tensor::stack(&imgs, 0).to_device(device);
             let pred = tch::no_grad(|| -> Result<Tensor, StageError> {
                 let z = match &tokens {
                     Some(t) => m.net.forward_head(t)?,
-                    None => m.net.forward_t(&x, false)?,
+                    None => m
+                        .net
+                        .forward_t(&Tensor::stack(&imgs, 0).to_device(device), false)?,
                 };
                 let pred = predict(&z, &centroids, p.predictor, p.res as i64);
                 Ok(pred.to_device(tch::Device::Cpu))
@@ -393,17 +403,17 @@ impl Stage for Evaluate {
 }
 
 /// A frozen backbone's stored evaluation tokens, when `port` is wired: checked against the
-/// checkpoint's backbone.
+/// checkpoint's backbone `digest` (computed when either tokens input is wired).
 fn open_tokens(
     ctx: &Context,
     port: &str,
-    m: &checkpoint::Loaded,
+    digest: Option<&str>,
 ) -> Result<Option<Tokens>, StageError> {
-    if !ctx.has_input(port) {
+    let Some(digest) = digest.filter(|_| ctx.has_input(port)) else {
         return Ok(None);
-    }
+    };
     let t = Tokens::open(ctx.input(port)?)?;
-    t.check_backbone(&checkpoint::backbone_digest(m)?)?;
+    t.check_backbone(digest)?;
     Ok(Some(t))
 }
 

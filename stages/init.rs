@@ -10,7 +10,7 @@ use tracing::info;
 use crate::io::checkpoint;
 use crate::io::ports::CHECKPOINT;
 use crate::sections::PicieContext;
-use picie_core::model::weights::{self, LoadConfig, Scope};
+use picie_core::model::weights::Scope;
 use picie_core::model::NetConfig;
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
@@ -86,14 +86,12 @@ impl Stage for Init {
         let p = &self.0;
         let m = checkpoint::build_seeded(&p.model, ctx.device().tch(), ctx.seed())?;
         if let Some(file) = &p.weights {
-            let path = ctx.base_dir().join(file);
             let scope = match p.weights_scope {
                 WeightsScope::Auto => Scope::Auto,
                 WeightsScope::Full => Scope::Full,
                 WeightsScope::BackboneOnly => Scope::BackboneOnly,
             };
-            let report = weights::load(&m.vs, &path, &LoadConfig { scope })
-                .map_err(|e| StageError::context("`weights`", e))?;
+            let (path, report) = checkpoint::load_weights(ctx, &m, file, scope)?;
             info!(
                 "init: {} variables from {} ({:?} layout); kept random: {}; skipped in the file: {}",
                 report.loaded,

@@ -358,8 +358,13 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         Ok(c) => c,
                         Err(e) => {
                             // The claims folder is unusable: nothing can be run safely.
-                            let failed = &mut (&mut outcomes[..], &mut first_error, &mut cancel_tx);
-                            fail_group(members[0], e, failed);
+                            fail_group(
+                                members[0],
+                                e,
+                                &mut outcomes,
+                                &mut first_error,
+                                &mut cancel_tx,
+                            );
                             break;
                         }
                     };
@@ -381,9 +386,13 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             let done = match committed_elsewhere(plan, store, &members, &forced) {
                                 Ok(done) => done,
                                 Err(e) => {
-                                    let failed =
-                                        &mut (&mut outcomes[..], &mut first_error, &mut cancel_tx);
-                                    fail_group(members[0], e, failed);
+                                    fail_group(
+                                        members[0],
+                                        e,
+                                        &mut outcomes,
+                                        &mut first_error,
+                                        &mut cancel_tx,
+                                    );
                                     break;
                                 }
                             };
@@ -604,23 +613,21 @@ fn claim_group(
     Ok(Ok(held))
 }
 
-/// Where a failing group is recorded: outcomes, the run's first error, and the cancel
-/// sender (dropped to stop the run).
-type Failed<'a> = (
-    &'a mut [Outcome],
-    &'a mut Option<(usize, StageError)>,
-    &'a mut Option<Sender<()>>,
-);
-
 /// The store failed while claiming or adopting a group (node `at` first): nothing can be run
-/// safely, so the run stops with that error.
-fn fail_group<E: std::fmt::Display + Into<StageError>>(at: usize, e: E, f: &mut Failed) {
-    f.0[at] = Outcome::Failed {
+/// safely, so the run stops with that error (dropping the cancel sender stops it).
+fn fail_group<E: std::fmt::Display + Into<StageError>>(
+    at: usize,
+    e: E,
+    outcomes: &mut [Outcome],
+    first_error: &mut Option<(usize, StageError)>,
+    cancel_tx: &mut Option<Sender<()>>,
+) {
+    outcomes[at] = Outcome::Failed {
         error: e.to_string(),
         secondary: false,
     };
-    f.1.get_or_insert((at, e.into()));
-    f.2.take();
+    first_error.get_or_insert((at, e.into()));
+    cancel_tx.take();
 }
 
 /// Committed artifacts per node of a group: (node index, output name -> artifact).

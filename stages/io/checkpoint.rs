@@ -93,6 +93,20 @@ impl Loaded {
     }
 }
 
+/// Loads the `weights` file a stage's params name (relative to the pipeline file's folder)
+/// into `m` under `scope`; errors name the param. Returns the path and what was loaded.
+pub fn load_weights(
+    ctx: &picie_engine::Context,
+    m: &Loaded,
+    file: &std::path::Path,
+    scope: Scope,
+) -> Result<(std::path::PathBuf, weights::LoadReport), StageError> {
+    let path = ctx.base_dir().join(file);
+    let report = weights::load(&m.vs, &path, &LoadConfig { scope })
+        .map_err(|e| StageError::context("`weights`", e))?;
+    Ok((path, report))
+}
+
 /// A blake3 over the backbone's variables (names, shapes, f32 values): what a frozen
 /// backbone's stored tokens are checked against, so tokens of other weights are never mixed
 /// in.

@@ -59,7 +59,29 @@ fn tensor_f32(t: &Tensor) -> Result<Vec<f32>, StageError> {
     Ok(Vec::<f32>::try_from(t.flatten(0, -1))?)
 }
 
-fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, StageError> {
+/// `t`'s values (on the CPU, any layout) as a list column of `len` values per row, stored as
+/// `precision`.
+pub(crate) fn float_list(
+    t: &Tensor,
+    len: i32,
+    precision: Precision,
+) -> Result<FixedSizeListArray, StageError> {
+    let values: ArrayRef = match precision {
+        Precision::F32 => Arc::new(Float32Array::from(tensor_f32(t)?)),
+        Precision::F16 => {
+            let t = t.to_kind(Kind::Half).contiguous().flatten(0, -1);
+            Arc::new(Float16Array::from(Vec::<half::f16>::try_from(t)?))
+        }
+    };
+    Ok(FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", precision.arrow(), false)),
+        len,
+        values,
+        None,
+    )?)
+}
+
+pub(crate) fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, StageError> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| {
@@ -136,19 +158,7 @@ pub fn features_rows(
     } else {
         Tensor::f_cat(&parts, 0)?.contiguous()
     };
-    let values: ArrayRef = match precision {
-        Precision::F32 => Arc::new(Float32Array::from(tensor_f32(&flat)?)),
-        Precision::F16 => {
-            let halves = Vec::<half::f16>::try_from(flat.to_kind(Kind::Half).flatten(0, -1))?;
-            Arc::new(Float16Array::from(halves))
-        }
-    };
-    let list = FixedSizeListArray::try_new(
-        Arc::new(Field::new("item", precision.arrow(), false)),
-        d as i32,
-        values,
-        None,
-    )?;
+    let list = float_list(&flat, d as i32, precision)?;
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from(image)),
         Arc::new(UInt8Array::from(vec![view; rows])),

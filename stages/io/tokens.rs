@@ -12,10 +12,10 @@ use arrow::array::{
     UInt32Array, UInt8Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::batch::{HostTensor, ViewBatch};
-use super::tables::Precision;
+use super::tables::{column, float_list, Precision};
 use picie_core::augment_params::Geometric;
 use picie_engine::artifact::{Artifact, ArtifactWriter};
 use picie_engine::error::StageError;
@@ -63,25 +63,8 @@ pub fn rows(
             "tokens, image ids and geometric draws differ in count",
         ));
     }
-    let flat = tokens
-        .to_device(tch::Device::Cpu)
-        .contiguous()
-        .flatten(0, -1);
-    let values: ArrayRef = match precision {
-        Precision::F32 => Arc::new(Float32Array::from(Vec::<f32>::try_from(
-            flat.to_kind(Kind::Float),
-        )?)),
-        Precision::F16 => Arc::new(Float16Array::from(Vec::<half::f16>::try_from(
-            flat.to_kind(Kind::Half),
-        )?)),
-    };
     let len = (c * h * w) as i32;
-    let list = FixedSizeListArray::try_new(
-        Arc::new(Field::new("item", precision.arrow(), false)),
-        len,
-        values,
-        None,
-    )?;
+    let list = float_list(&tokens.to_device(tch::Device::Cpu), len, precision)?;
     let g = |f: fn(&Geometric) -> f32| {
         Arc::new(Float32Array::from_iter_values(geometric.iter().map(f)))
     };
@@ -106,16 +89,6 @@ pub struct Tokens {
     pub shape: [i64; 3],
     /// The backbone digest of the network that made them.
     pub backbone: String,
-}
-
-fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, StageError> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            StageError::msg(format!(
-                "tokens table has no column `{name}` of the expected type"
-            ))
-        })
 }
 
 /// Row `i` of `list` as f32 values.

@@ -340,6 +340,14 @@ fn a_frozen_vit_runs_picie_on_tokens_stored_once_per_draw() {
     }
 }
 
+/// The plan errors of a file that must not plan.
+fn plan_errors(f: &crate::common::Fixture, yaml: &str) -> String {
+    match f.plan(yaml) {
+        Err(picie::Error::Invalid(d)) => d.to_string(),
+        other => panic!("expected plan errors, got {:?}", other.map(|_| ())),
+    }
+}
+
 /// Tokens of a backbone that trains, of another backbone than the reader's, and image sides
 /// that are not whole patches are refused at plan time, each at its place.
 #[test]
@@ -360,10 +368,7 @@ fn stored_tokens_and_patch_sizes_are_checked_at_plan_time() {
             "{size: 56, res: 30, batch: 4, pool: 2}
     - name: tokens",
         );
-    let msg = match f.plan(&bad) {
-        Err(picie::Error::Invalid(d)) => d.to_string(),
-        other => panic!("expected plan errors, got {:?}", other.map(|_| ())),
-    };
+    let msg = plan_errors(&f, &bad);
     for want in [
         "stage `features` reads stored backbone tokens (`tokens`), but its network (dinov2_vits14, train_blocks 1) trains its backbone",
         "stage `eval0` reads stored backbone tokens (`train_tokens`)",
@@ -375,10 +380,7 @@ fn stored_tokens_and_patch_sizes_are_checked_at_plan_time() {
         "{feature_block: 1, split: val,",
         "{feature_block: 2, split: val,",
     );
-    let msg = match f.plan(&other) {
-        Err(picie::Error::Invalid(d)) => d.to_string(),
-        other => panic!("expected plan errors, got {:?}", other.map(|_| ())),
-    };
+    let msg = plan_errors(&f, &other);
     assert!(
         msg.contains("stage `val_tokens` makes the tokens of another backbone than `init` builds, whose network reads them: pos_interp or feature_block"),
         "{msg}"
