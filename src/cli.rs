@@ -10,6 +10,7 @@ use crate::artifact::Format;
 use crate::error::StageFailure;
 use crate::exec::{self, RunOptions};
 use crate::plan::Plan;
+use crate::shard::Shard;
 use crate::stage::{Mode, Registry};
 use crate::store::Store;
 use crate::target::Target;
@@ -50,6 +51,15 @@ enum Command {
         /// overrides `seeds:` in the file.
         #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
         seeds: Vec<u64>,
+        /// Run as worker I of N (0-based) of a sharded run: the per-image passes are split
+        /// over the N workers sharing the store, the rest runs once in whichever claims
+        /// it. Default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or
+        /// JOB_COMPLETION_INDEX/PICIE_SHARDS when set; `off` ignores those.
+        #[arg(long, value_name = "I/N|off")]
+        shard: Option<String>,
+        /// The store to use instead of the file's `store:` (a folder or s3://bucket/prefix).
+        #[arg(long, value_name = "DIR|URL")]
+        store: Option<PathBuf>,
     },
     /// Validate a pipeline and show its unrolled DAG, cached or to run per node.
     Plan {
@@ -171,6 +181,8 @@ fn init_logging(quiet: bool, verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a scheduler's log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();
@@ -185,19 +197,36 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             from,
             until,
             seeds,
+            shard,
+            store,
         } => {
-            let plan = Plan::load(&pipeline, registry)?;
+            let mut plan = Plan::load(&pipeline, registry)?;
+            if let Some(store) = store {
+                plan.spec.store = store;
+            }
+            let shard = match shard.as_deref() {
+                Some("off") => None,
+                Some(s) => Some(s.parse::<Shard>().context("--shard")?),
+                None => Shard::from_env(|k| std::env::var(k).ok())
+                    .context("the scheduler's environment (use --shard I/N or --shard off)")?,
+            };
+            let seeds = if seeds.is_empty() {
+                plan.spec.seeds.clone()
+            } else {
+                seeds
+            };
+            if let (Some(sh), false) = (shard, seeds.is_empty()) {
+                anyhow::bail!(
+                    "this run is shard {sh} and has seeds {seeds:?}: a sweep does not run \
+                     sharded; submit one sharded job per seed (--seeds N), or pass --shard off"
+                );
+            }
             let store = Store::open(&plan.spec.store)?;
             let opts = RunOptions {
                 force,
                 from,
                 until,
                 progress: !cli.quiet,
-            };
-            let seeds = if seeds.is_empty() {
-                plan.spec.seeds.clone()
-            } else {
-                seeds
             };
             if !seeds.is_empty() {
                 return run_sweep(
@@ -209,6 +238,10 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                     (cli.quiet, cli.verbose),
                 );
             }
+            let plan = match shard {
+                Some(sh) => sharded(plan, sh, cli.quiet),
+                None => plan,
+            };
             let report = exec::run(&plan, &store, &opts)?;
             let ran = report.ran();
             let cached = report
@@ -420,6 +453,22 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Worker `shard` of a sharded run: the plan split into parts, under a run name of its own.
+fn sharded(plan: Plan, shard: Shard, quiet: bool) -> Plan {
+    let (plan, notes) = plan.into_sharded(shard);
+    if !quiet {
+        let parts = plan.nodes.iter().filter(|n| n.parts > 0).count();
+        println!(
+            "shard {shard}: {parts} node(s) computed in {} parts (run `{}`)",
+            shard.count, plan.spec.name
+        );
+        for n in notes {
+            println!("shard {shard}: {n}");
+        }
+    }
+    plan
 }
 
 /// `picie run --seeds`: the pipeline once per seed (each an ordinary, resumable run), then

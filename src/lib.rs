@@ -21,7 +21,7 @@ pub use picie_core::{
     augment_params, data, device, kmeans, loss, metrics, model, predict, python, repo_root,
     transforms,
 };
-pub use picie_engine::{artifact, context, diag, error, exec, plan, spec, stage, store};
+pub use picie_engine::{artifact, context, diag, error, exec, plan, shard, spec, stage, store};
 pub use picie_engine::{run, Context, Error, Item, Mode, ParamError, Plan, Port, Registry};
 pub use picie_engine::{RunOptions, Stage, StageError, Store};
 pub use picie_stages as stages;

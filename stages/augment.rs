@@ -99,6 +99,10 @@ impl Stage for Augment {
     fn key_epoch(p: &AugmentParams, epoch: u32) -> Option<u32> {
         Some(p.draw_epoch(epoch))
     }
+    /// Each image's draws are a function of (seed, epoch, image) alone.
+    fn shardable(_: &AugmentParams) -> Result<(), String> {
+        Ok(())
+    }
     const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
     fn new(p: AugmentParams) -> Self {
         Self(p)
@@ -110,9 +114,17 @@ impl Stage for Augment {
         let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
         let epoch = p.draw_epoch(ctx.epoch().unwrap_or(0));
         let seed = ctx.seed();
-        ctx.progress().set_length(n as u64);
         let ids: Vec<usize> = (0..n).collect();
-        for chunk in ids.chunks(p.batch) {
+        let total = ids.chunks(p.batch).len();
+        let mine = ctx.shard().map_or(0..total, |s| s.range(total));
+        ctx.progress().set_length(
+            ids.chunks(p.batch)
+                .skip(mine.start)
+                .take(mine.len())
+                .flatten()
+                .count() as u64,
+        );
+        for chunk in ids.chunks(p.batch).skip(mine.start).take(mine.len()) {
             ctx.check_cancelled()?;
             let ds = ds.as_ref();
             let made = preprocess::par_map(chunk, p.threads, |&i| -> Result<_, StageError> {

@@ -163,6 +163,10 @@ impl Stage for Backbone {
     fn key_epoch(_: &BackboneParams, _: u32) -> Option<u32> {
         None
     }
+    /// A frozen network, image by image: parts join into the whole.
+    fn shardable(_: &BackboneParams) -> Result<(), String> {
+        Ok(())
+    }
     const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
     fn new(p: BackboneParams) -> Self {
         Self(p)
@@ -211,7 +215,9 @@ impl Stage for Backbone {
                 let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
                 ctx.progress().set_length(n as u64);
                 let ids: Vec<usize> = (0..n).collect();
-                for chunk in ids.chunks(p.batch) {
+                let total = ids.chunks(p.batch).len();
+                let mine = ctx.shard().map_or(0..total, |s| s.range(total));
+                for chunk in ids.chunks(p.batch).skip(mine.start).take(mine.len()) {
                     ctx.check_cancelled()?;
                     let x = load_images(ds.as_ref(), chunk, p.res, p.threads)?;
                     let t = tch::no_grad(|| m.net.forward_tokens(&x.to_device(device)))?;
@@ -230,7 +236,8 @@ impl Stage for Backbone {
                 }
             }
         }
-        if !begun {
+        // A part may have no batches (more parts than batches); a whole pass must have some.
+        if !begun && ctx.shard().is_none() {
             return Err(StageError::msg("no images arrived: nothing to store"));
         }
         Ok(())

@@ -109,6 +109,18 @@ impl Stage for Extract {
         }
         e
     }
+    /// In eval mode every batch's features depend on that batch alone; in train mode the
+    /// pass also carries BatchNorm's running statistics from batch to batch.
+    fn shardable(p: &ExtractParams) -> Result<(), String> {
+        match p.bn {
+            BnMode::Train => Err(
+                "with `bn: train` each batch updates BatchNorm's running statistics for the \
+                 next, a sequence that parts cannot split"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
     fn new(p: ExtractParams) -> Self {
         Self(p)
     }

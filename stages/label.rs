@@ -48,6 +48,35 @@ impl Stage for Label {
     fn outputs(_: &LabelParams) -> Vec<Port> {
         vec![LABELS, WEIGHTS]
     }
+    /// Labels are per image; the weights come from counts, which add up across parts.
+    fn shardable(_: &LabelParams) -> Result<(), String> {
+        Ok(())
+    }
+    fn combine(p: &LabelParams, ctx: &mut Context) -> Result<(), StageError> {
+        ctx.concat_part(LABELS.name)?;
+        let parts: Vec<_> = ctx.parts(WEIGHTS.name)?.into_iter().cloned().collect();
+        for view in [1u8, 2] {
+            let mut total: Vec<u64> = Vec::new();
+            for part in &parts {
+                let counts = tables::read_counts(part, view)?;
+                if total.is_empty() {
+                    total = counts;
+                } else if counts.len() != total.len() {
+                    return Err(StageError::msg(format!(
+                        "parts of `weights` have {} and {} clusters",
+                        total.len(),
+                        counts.len()
+                    )));
+                } else {
+                    total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+                }
+            }
+            let w = cluster_weights(&total, p.weights);
+            ctx.output(WEIGHTS.name)?
+                .write(&tables::weights_batch(view, &total, &w)?)?;
+        }
+        Ok(())
+    }
     fn new(p: LabelParams) -> Self {
         Self(p)
     }

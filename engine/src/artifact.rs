@@ -83,7 +83,16 @@ pub struct ArtifactWriter {
     pub(crate) files: Vec<(String, Format, u64)>,
     pub(crate) meta: BTreeMap<String, serde_json::Value>,
     parts: usize,
+    /// Parquet rows held back until they fill an aligned chunk (see [`PARQUET_ALIGN`]).
+    pending: Option<RecordBatch>,
 }
+
+/// Parquet's column writers cut each `write` call into mini-batches of 1024 values and
+/// decide on page breaks between them, so the bytes of a file depend on where the calls
+/// split the rows. Handing the writer only chunks that start at multiples of this many rows
+/// makes the bytes a function of the rows alone: a table written in parts and joined
+/// (sharded passes) is byte for byte the table written at once.
+pub const PARQUET_ALIGN: usize = 1024;
 
 impl ArtifactWriter {
     pub(crate) fn new(dir: PathBuf) -> Self {
@@ -97,6 +106,7 @@ impl ArtifactWriter {
             files: Vec::new(),
             meta: BTreeMap::new(),
             parts: 0,
+            pending: None,
         }
     }
 
@@ -124,7 +134,33 @@ impl ArtifactWriter {
     }
 
     pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.2).sum::<u64>() + self.current.as_ref().map_or(0, |c| c.2)
+        self.files.iter().map(|f| f.2).sum::<u64>()
+            + self.current.as_ref().map_or(0, |c| c.2)
+            + self.pending.as_ref().map_or(0, |p| p.num_rows() as u64)
+    }
+
+    /// Writes tables as `a`'s are written: its format, and for Parquet its compression.
+    pub fn write_like(&mut self, a: &Artifact) -> Result<(), StageError> {
+        let Some((path, format)) = a.table_files().next() else {
+            return Ok(());
+        };
+        if format == Format::Ipc {
+            self.use_ipc();
+            return Ok(());
+        }
+        let file = File::open(&path).map_err(|e| StageError::io(&path, e))?;
+        let meta = ParquetRecordBatchReaderBuilder::try_new(file)?
+            .metadata()
+            .clone();
+        let plain = meta
+            .row_groups()
+            .first()
+            .and_then(|g| g.columns().first())
+            .is_some_and(|c| c.compression() == Compression::UNCOMPRESSED);
+        if plain {
+            self.uncompressed();
+        }
+        Ok(())
     }
 
     /// Appends a batch; every batch of one artifact has the same schema.
@@ -140,6 +176,35 @@ impl ArtifactWriter {
             }
             Some(_) => {}
         }
+        if self.format == Format::Ipc {
+            // IPC keeps each batch as written: readers get the same batches back.
+            return self.write_rows(batch);
+        }
+        let mut batch = batch.clone();
+        if let Some(head) = self.pending.take() {
+            let take = (PARQUET_ALIGN - head.num_rows()).min(batch.num_rows());
+            let joined = arrow_select::concat::concat_batches(
+                &batch.schema(),
+                [&head, &batch.slice(0, take)],
+            )?;
+            batch = batch.slice(take, batch.num_rows() - take);
+            if joined.num_rows() < PARQUET_ALIGN {
+                self.pending = Some(joined);
+                return Ok(());
+            }
+            self.write_rows(&joined)?;
+        }
+        let whole = batch.num_rows() / PARQUET_ALIGN * PARQUET_ALIGN;
+        if whole > 0 {
+            self.write_rows(&batch.slice(0, whole))?;
+        }
+        if whole < batch.num_rows() {
+            self.pending = Some(batch.slice(whole, batch.num_rows() - whole));
+        }
+        Ok(())
+    }
+
+    fn write_rows(&mut self, batch: &RecordBatch) -> Result<(), StageError> {
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.current.is_none() {
@@ -230,6 +295,9 @@ impl ArtifactWriter {
 
     /// Closes the open part and checks every reserved file exists.
     pub(crate) fn finish(&mut self) -> Result<(), StageError> {
+        if let Some(tail) = self.pending.take() {
+            self.write_rows(&tail)?;
+        }
         self.close_part()?;
         for (name, _, _) in &self.files {
             let p = self.dir.join(name);
@@ -314,6 +382,25 @@ impl Artifact {
                 Ok(it) => it,
                 Err(e) => Box::new(std::iter::once(Err(e))),
             })
+    }
+
+    /// How many batches an Arrow IPC artifact holds, as written (from the files' footers);
+    /// sharded readers split them ([`crate::shard::Shard::range`]). Parquet tables come
+    /// back in reader-sized batches, so they have no count of written batches.
+    pub fn ipc_batch_count(&self) -> Result<usize, StageError> {
+        let mut n = 0;
+        for (path, format) in self.table_files() {
+            if format != Format::Ipc {
+                return Err(StageError::msg(format!(
+                    "artifact {} is not an Arrow IPC table: it has no written batches to count",
+                    self.key()
+                )));
+            }
+            let file = File::open(&path).map_err(|e| StageError::io(&path, e))?;
+            n += arrow_ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?
+                .num_batches();
+        }
+        Ok(n)
     }
 
     /// All batches (small tables only).

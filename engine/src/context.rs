@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crossbeam_channel::{select, Receiver, Sender};
 use indicatif::ProgressBar;
 
-use crate::artifact::{Artifact, ArtifactWriter};
+use crate::artifact::{Artifact, ArtifactWriter, Format};
 use crate::error::StageError;
 use crate::section::{self, Section, Sections};
 use crate::stage::StreamPort;
@@ -39,6 +39,10 @@ pub struct NodeInfo {
     pub kind: String,
     pub epoch: Option<u32>,
     pub seed: u64,
+    /// The part a part node computes (a sharded run, see [`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
+    /// How many parts a combine node joins (0 for other nodes).
+    pub parts: u32,
 }
 
 pub struct Context {
@@ -63,6 +67,78 @@ impl Context {
     }
     pub fn seed(&self) -> u64 {
         self.info.seed
+    }
+    /// The share of the batches this node computes, in a sharded run; `None`: all of them.
+    /// A stage that declares itself [`crate::Stage::shardable`] processes only the batches
+    /// that [`crate::shard::Shard::takes`], in the order and sizes one process would.
+    pub fn shard(&self) -> Option<crate::shard::Shard> {
+        self.info.shard
+    }
+
+    /// In a combine node: the parts' stored `output`, in part order.
+    pub fn parts(&self, output: &str) -> Result<Vec<&Artifact>, StageError> {
+        if self.info.parts == 0 {
+            return Err(StageError::msg(format!(
+                "`{}` is not joining parts: it has no parts of `{output}`",
+                self.info.name
+            )));
+        }
+        (0..self.info.parts)
+            .map(|q| self.input(crate::shard::part_port(q, output)))
+            .collect()
+    }
+
+    /// Joins the parts of every table output as one process writes it: the parts' batches
+    /// in part order, in the parts' format, with their metadata (which must agree).
+    pub fn concat_parts(&mut self) -> Result<(), StageError> {
+        let outs: Vec<String> = self.writers.keys().cloned().collect();
+        for out in outs {
+            self.concat_part(&out)?;
+        }
+        Ok(())
+    }
+
+    /// [`Context::concat_parts`] for one output.
+    pub fn concat_part(&mut self, out: &str) -> Result<(), StageError> {
+        {
+            let parts: Vec<Artifact> = self.parts(out)?.into_iter().cloned().collect();
+            let w = self.output(out)?;
+            if let Some(first) = parts.iter().find(|a| a.table_files().next().is_some()) {
+                w.write_like(first)?;
+            }
+            let mut meta: BTreeMap<&String, (&serde_json::Value, usize)> = BTreeMap::new();
+            for (q, a) in parts.iter().enumerate() {
+                if a.manifest.files.iter().any(|f| f.format == Format::File) {
+                    return Err(StageError::msg(format!(
+                        "`{out}` holds plain files, which parts cannot be joined by; its kind \
+                         must combine them itself"
+                    )));
+                }
+                for (k, v) in &a.manifest.meta {
+                    match meta.get(k) {
+                        Some((seen, p)) if *seen != v => {
+                            return Err(StageError::msg(format!(
+                                "part {q} of `{out}` says {k} = {v}, part {p} {seen}: the parts \
+                                 come from different computations"
+                            )))
+                        }
+                        Some(_) => {}
+                        None => {
+                            meta.insert(k, (v, q));
+                        }
+                    }
+                }
+                for b in a.batches() {
+                    self.check_cancelled()?;
+                    self.output(out)?.write(&b?)?;
+                }
+            }
+            let w = self.output(out)?;
+            for (k, (v, _)) in meta {
+                w.set_meta(k, v.clone());
+            }
+        }
+        Ok(())
     }
     /// A top-level section this kind reads ([`crate::Stage::SECTIONS`], or a global one).
     pub fn section<T: Section>(&self, name: &str) -> Result<&T, StageError> {

@@ -15,6 +15,7 @@ use crate::context::{Context, Msg, NodeInfo, StreamIn, StreamOut};
 use crate::error::{Error, StageError};
 use crate::lease::Claim;
 use crate::plan::Plan;
+use crate::shard::{count_key, part_key, Shard};
 use crate::stage::Mode;
 use crate::store::{now, Lookup, NodeRecord, RunRecord, Store};
 
@@ -166,6 +167,18 @@ pub fn decide(
         // A pure producer runs only when a running stage reads its stream (below).
         let run = run && why != Why::StreamsOnlyToCached;
         out.push(Decision { run, why, cached });
+    }
+    // A part of a sharded node runs only for a reader that runs: once the parts are joined,
+    // they are not needed (readers come later in the order, so they are decided first).
+    for i in (0..n).rev() {
+        if plan.nodes[i].part.is_some()
+            && out[i].run
+            && out[i].why != Why::Forced
+            && plan.consumers(i).iter().all(|&c| !out[c].run)
+        {
+            out[i].run = false;
+            out[i].why = Why::NotNeeded;
+        }
     }
     // A running stage needs its stream producers running too.
     for i in (0..n).rev() {
@@ -337,9 +350,24 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         _ => false,
                     })
                 };
+                // In a sharded run a worker takes its own part of a node first, and the
+                // others' parts (those nobody holds) only once its own is done.
+                let own = plan.shard.map(|s| s.index);
+                let deferred = |i: usize| {
+                    plan.nodes[i].part.as_ref().is_some_and(|p| {
+                        Some(p.shard.index) != own
+                            && (0..n).any(|j| {
+                                running[j]
+                                    && !finished[j]
+                                    && plan.nodes[j].part.as_ref().is_some_and(|o| {
+                                        o.group == p.group && Some(o.shard.index) == own
+                                    })
+                            })
+                    })
+                };
                 let mut group_waits = vec![false; n];
                 for i in (0..n).filter(|&i| running[i] && !started_nodes[i]) {
-                    if waiting(i) {
+                    if waiting(i) || deferred(i) {
                         group_waits[plan.nodes[i].group] = true;
                     }
                 }
@@ -405,6 +433,19 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                                     adopted = true;
                                 }
                             } else {
+                                let counted = members
+                                    .iter()
+                                    .try_for_each(|&i| check_shard_count(plan, store, i, &who));
+                                if let Err(e) = counted {
+                                    fail_group(
+                                        members[0],
+                                        e,
+                                        &mut outcomes,
+                                        &mut first_error,
+                                        &mut cancel_tx,
+                                    );
+                                    break;
+                                }
                                 for (i, c) in held {
                                     claims[i] = Some(c);
                                 }
@@ -443,6 +484,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             kind: node.kind.clone(),
                             epoch: node.epoch,
                             seed: plan.spec.seed,
+                            shard: node.part.as_ref().map(|p| p.shard),
+                            parts: node.parts,
                         },
                         sections: node.sections.clone(),
                         base_dir: plan
@@ -628,6 +671,93 @@ fn fail_group<E: std::fmt::Display + Into<StageError>>(
     };
     first_error.get_or_insert((at, e.into()));
     cancel_tx.take();
+}
+
+/// Refuses to compute a part of a node while workers started with another shard count
+/// compute parts of it: their parts would not join with this worker's. The count is
+/// recorded in the store per node (the first worker's); a record whose workers hold no
+/// part any more (they ended or died) gives way to this worker's count.
+fn check_shard_count(plan: &Plan, store: &Store, i: usize, who: &str) -> Result<(), StageError> {
+    let node = &plan.nodes[i];
+    let Some(part) = &node.part else {
+        return Ok(());
+    };
+    let n = part.shard.count;
+    let key = count_key(&part.key);
+    let whole = node.name.split('[').next().unwrap_or(&node.name);
+    for _ in 0..3 {
+        let recorded = match store.try_lookup(&key)? {
+            Lookup::Valid(a) => a.meta("shards").and_then(|v| v.as_u64()),
+            _ => None,
+        };
+        let Some(m) = recorded else {
+            record_shard_count(plan, store, i, &key, who, false)?;
+            continue;
+        };
+        if m == n as u64 {
+            return Ok(());
+        }
+        for q in 0..m as u32 {
+            let other = Shard {
+                index: q,
+                count: m as u32,
+            };
+            if let Err(holder) = store.claim(&part_key(&part.key, other), who)? {
+                return Err(StageError::msg(format!(
+                    "`{whole}` is being computed in {m} parts ({holder} holds part {other}), \
+                     but this worker was started as part {} of {n}: start every worker of a \
+                     run with the same shard count",
+                    plan.shard.map_or(part.shard, |s| s)
+                )));
+            }
+        }
+        record_shard_count(plan, store, i, &key, who, true)?;
+        return Ok(());
+    }
+    Err(StageError::msg(format!(
+        "the shard count of `{whole}` keeps changing in the store: workers with different \
+         counts are starting at once"
+    )))
+}
+
+fn record_shard_count(
+    plan: &Plan,
+    store: &Store,
+    i: usize,
+    key: &str,
+    who: &str,
+    replace: bool,
+) -> Result<(), StageError> {
+    let node = &plan.nodes[i];
+    let Some(part) = &node.part else {
+        return Ok(());
+    };
+    let mut w = store.begin(key)?;
+    w.set_meta("shards", part.shard.count);
+    w.set_meta("by", who);
+    let manifest = Manifest {
+        key: key.to_string(),
+        node: node
+            .name
+            .split('[')
+            .next()
+            .unwrap_or(&node.name)
+            .to_string(),
+        kind: node.kind.clone(),
+        output: "shard count".into(),
+        ty: "shard_count".into(),
+        epoch: node.epoch,
+        files: Vec::new(),
+        rows: 0,
+        schema: Vec::new(),
+        meta: BTreeMap::new(),
+        wall_time_s: 0.0,
+        created: now(),
+        picie_version: plan.version.clone(),
+        provenance: serde_json::json!({ "shard_count_of": part.key }),
+    };
+    store.commit(w, manifest, replace)?;
+    Ok(())
 }
 
 /// Committed artifacts per node of a group: (node index, output name -> artifact).

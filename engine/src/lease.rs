@@ -245,8 +245,9 @@ impl Store {
             if live {
                 continue;
             }
-            let dir = p.is_dir();
-            let r = if dir {
+            // A finished run leaves its scratch folder empty: only contents were half-written.
+            let dir = p.is_dir() && fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+            let r = if p.is_dir() {
                 fs::remove_dir_all(p)
             } else {
                 fs::remove_file(p)

@@ -17,6 +17,7 @@
 //! lease     many runs on one store: run leases, per-node claims, scratch folders
 //! remote    stores on S3-compatible object storage: cache, commits, lease objects
 //! seeds     multi-seed sweeps: member runs and the sweep record
+//! shard     sharded passes: a run's per-image passes split over worker processes
 //! diag      located diagnostics; error: the engine's errors
 //! ```
 
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod remote;
 pub mod section;
 pub mod seeds;
+pub mod shard;
 pub mod spec;
 pub mod stage;
 pub mod store;
@@ -40,5 +42,6 @@ pub use error::{BoxError, Error, StageError, StageFailure};
 pub use exec::{run, Decision, RunOptions, Why};
 pub use plan::Plan;
 pub use section::{Section, SectionDef, Sections};
+pub use shard::Shard;
 pub use stage::{Mode, ParamError, Port, Registry, Stage, StreamPort};
 pub use store::Store;

@@ -149,6 +149,18 @@ pub trait Stage: Send + Sized + 'static {
     fn key_epoch(_params: &Self::Params, epoch: u32) -> Option<u32> {
         Some(epoch)
     }
+    /// Whether a node of this kind can run as N parts, each over its share of the batches
+    /// ([`Context::shard`]), that [`Stage::combine`] joins into exactly what one process
+    /// writes (see [`crate::shard`]); `Err` says why not (named in the run's log).
+    fn shardable(_params: &Self::Params) -> Result<(), String> {
+        Err("it does not run in parts".into())
+    }
+    /// Joins the stored outputs of the parts ([`Context::parts`]) into this node's outputs.
+    /// By default each table output is the parts' batches in part order
+    /// ([`Context::concat_parts`]); a kind with totals (counts, sums) adds them up itself.
+    fn combine(_params: &Self::Params, ctx: &mut Context) -> Result<(), StageError> {
+        ctx.concat_parts()
+    }
     fn new(params: Self::Params) -> Self;
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
 }
@@ -182,7 +194,11 @@ pub trait Configured: Send + Sync {
     fn seeded(&self) -> bool;
     /// See [`Stage::key_epoch`].
     fn key_epoch(&self, epoch: u32) -> Option<u32>;
+    /// See [`Stage::shardable`].
+    fn shardable(&self) -> Result<(), String>;
     fn instantiate(&self) -> Box<dyn Runnable>;
+    /// A runnable that joins the parts ([`Stage::combine`]).
+    fn combiner(&self) -> Box<dyn Runnable>;
 }
 
 pub trait Runnable: Send {
@@ -222,8 +238,22 @@ impl<S: Stage> Configured for ConfiguredOf<S> {
     fn key_epoch(&self, epoch: u32) -> Option<u32> {
         S::key_epoch(&self.params, epoch)
     }
+    fn shardable(&self) -> Result<(), String> {
+        S::shardable(&self.params)
+    }
     fn instantiate(&self) -> Box<dyn Runnable> {
         Box::new(S::new(self.params.clone()))
+    }
+    fn combiner(&self) -> Box<dyn Runnable> {
+        Box::new(CombineOf::<S>(self.params.clone()))
+    }
+}
+
+struct CombineOf<S: Stage>(S::Params);
+
+impl<S: Stage> Runnable for CombineOf<S> {
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        S::combine(&self.0, ctx)
     }
 }
 

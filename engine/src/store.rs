@@ -309,17 +309,42 @@ impl Store {
         let _g = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         fs::create_dir_all(parent).map_err(|e| self.io(parent, e))?;
         let old = if target.exists() {
+            // Another process may have committed it since the check above.
+            if !replace {
+                if let Lookup::Valid(existing) = self.try_lookup(&manifest.key)? {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Ok(*existing);
+                }
+            }
             let old = self.scratch()?.join(format!(
                 "{}.replaced.{}",
                 manifest.key,
                 self.counter.fetch_add(1, Ordering::Relaxed)
             ));
-            fs::rename(&target, &old).map_err(|e| self.io(&target, e))?;
-            Some(old)
+            match fs::rename(&target, &old) {
+                Ok(()) => Some(old),
+                // Another process moved it away first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(self.io(&target, e).into()),
+            }
         } else {
             None
         };
-        fs::rename(&dir, &target).map_err(|e| self.io(&target, e))?;
+        if let Err(e) = fs::rename(&dir, &target) {
+            // Another process committed the same key between the check above and here (the
+            // lock covers this process only): the key says it holds the same result.
+            let taken = matches!(
+                e.kind(),
+                std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists
+            );
+            if taken && !replace {
+                if let Lookup::Valid(existing) = self.try_lookup(&manifest.key)? {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Ok(*existing);
+                }
+            }
+            return Err(self.io(&target, e).into());
+        }
         sync_dir(parent).map_err(|e| self.io(parent, e))?;
         if let Some(old) = old {
             let _ = fs::remove_dir_all(old);

@@ -102,10 +102,24 @@ impl Views {
         if !ctx.has_input(TOKENS.name) {
             return Ok(Self { tokens: None });
         }
-        let t = super::tokens::Tokens::open(ctx.input(TOKENS.name)?)?;
+        let input = ctx.input(TOKENS.name)?;
+        let t = super::tokens::Tokens::open(input)?;
         t.check_backbone(&super::checkpoint::backbone_digest(m)?)?;
+        let views = t.into_view_batches(ctx.epoch().unwrap_or(0));
         Ok(Self {
-            tokens: Some(Box::new(t.into_view_batches(ctx.epoch().unwrap_or(0)))),
+            tokens: Some(match ctx.shard() {
+                // A part takes its share of the stored batches (the others are read past).
+                Some(shard) => {
+                    let total = input.ipc_batch_count()?;
+                    Box::new(
+                        views
+                            .enumerate()
+                            .filter(move |(b, _)| shard.takes(*b, total))
+                            .map(|(_, v)| v),
+                    )
+                }
+                None => Box::new(views),
+            }),
         })
     }
 

@@ -362,15 +362,32 @@ pub fn weights_batch(view: u8, counts: &[u64], weights: &[f64]) -> Result<Record
 }
 
 pub fn read_weights(a: &Artifact, view: u8) -> Result<Vec<f64>, StageError> {
+    Ok(read_weight_rows(a, view)?
+        .into_iter()
+        .map(|r| r.1)
+        .collect())
+}
+
+/// The pixel count of each cluster of `view`, in cluster order.
+pub fn read_counts(a: &Artifact, view: u8) -> Result<Vec<u64>, StageError> {
+    Ok(read_weight_rows(a, view)?
+        .into_iter()
+        .map(|r| r.0)
+        .collect())
+}
+
+/// (count, weight) per cluster of `view`, in cluster order.
+fn read_weight_rows(a: &Artifact, view: u8) -> Result<Vec<(u64, f64)>, StageError> {
     let mut rows = Vec::new();
     for b in a.batches() {
         let b = b?;
         let views = column::<UInt8Array>(&b, "view")?;
         let clusters = column::<UInt32Array>(&b, "cluster")?;
+        let counts = column::<UInt64Array>(&b, "count")?;
         let w = column::<Float64Array>(&b, "weight")?;
         for i in 0..b.num_rows() {
             if views.value(i) == view {
-                rows.push((clusters.value(i), w.value(i)));
+                rows.push((clusters.value(i), (counts.value(i), w.value(i))));
             }
         }
     }

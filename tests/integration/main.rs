@@ -7,4 +7,6 @@ mod analysis;
 mod cli;
 mod picie;
 mod report;
+mod shards;
+mod slurm;
 mod vit;

@@ -502,6 +502,46 @@ fn seeded_inits_are_reproducible_under_concurrency() {
     }
 }
 
+/// A plan split into 3 parts still reads only what comes before each node, keeps every
+/// original node (a joined one under its name and keys), and gives each of its parts
+/// the whole's stage.
+fn sharded_plan_is_whole(plan: Plan, path: &Path) {
+    let names: Vec<(String, String)> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.key.clone()))
+        .collect();
+    let (sharded, _) = plan.into_sharded(picie::shard::Shard::new(1, 3).unwrap());
+    for (i, node) in sharded.nodes.iter().enumerate() {
+        for inp in &node.inputs {
+            if let Some((p, _)) = &inp.source {
+                assert!(
+                    *p < i,
+                    "{}: {} reads a later node",
+                    path.display(),
+                    node.name
+                );
+            }
+        }
+        if let Some(part) = &node.part {
+            assert!(
+                node.name.ends_with(&format!("[part {}]", part.shard)),
+                "{}",
+                node.name
+            );
+        }
+    }
+    for (name, key) in names {
+        let whole = sharded.nodes.iter().find(|n| n.name == name);
+        assert_eq!(
+            whole.map(|n| &n.key),
+            Some(&key),
+            "{}: {name}",
+            path.display()
+        );
+    }
+}
+
 /// Every pipeline shipped in pipelines/ plans, except for the files a user provides (data
 /// sets elsewhere, imported weights): those, and only those, are reported as missing.
 #[test]
@@ -516,7 +556,10 @@ fn shipped_pipelines_plan() {
         }
         seen += 1;
         match Plan::load(&path, &reg) {
-            Ok(plan) => assert!(plan.nodes.len() > 8, "{}", path.display()),
+            Ok(plan) => {
+                assert!(plan.nodes.len() > 5, "{}", path.display());
+                sharded_plan_is_whole(plan, &path);
+            }
             Err(picie::Error::Invalid(diags)) => {
                 for d in diags.to_string().lines().skip(1) {
                     let user_file = d.contains("cannot read `weights` file")

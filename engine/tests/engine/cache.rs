@@ -368,3 +368,29 @@ fn a_valid_artifact_is_kept_unless_forced() {
     let (plan, _) = f.run_with(&pipeline(10, 3), &force).unwrap();
     assert_ne!(created(&plan), first);
 }
+
+/// Regression: two processes committing one key at once (a streaming producer that both
+/// must run to feed their readers) failed with "Directory not empty" when the other's
+/// rename landed between the check and its own; the later one now keeps what is there.
+#[test]
+fn writers_in_separate_processes_committing_one_key_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    for round in 0..30u32 {
+        let key = blake3::hash(&round.to_le_bytes()).to_hex().to_string();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    // A store opened per writer has its own commit lock, as a process does.
+                    let store = picie_engine::Store::open(&root).unwrap();
+                    let mut w = store.begin(&key).unwrap();
+                    w.write(&crate::common::u64_batch(&[1, 2, 3])).unwrap();
+                    let a = store
+                        .commit(w, crate::common::manifest(&key), false)
+                        .unwrap();
+                    assert_eq!(a.manifest.rows, 3);
+                });
+            }
+        });
+    }
+}

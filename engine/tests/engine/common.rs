@@ -90,13 +90,18 @@ impl Stage for Numbers {
     fn seeded(_: &NumbersParams) -> bool {
         false
     }
+    fn shardable(_: &NumbersParams) -> Result<(), String> {
+        Ok(())
+    }
     fn new(p: NumbersParams) -> Self {
         Self(p)
     }
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = &self.0;
-        let mut i = p.start;
-        let end = p.start + p.count;
+        let total = p.count.div_ceil(p.batch) as usize;
+        let mine = ctx.shard().map_or(0..total, |s| s.range(total));
+        let mut i = p.start + mine.start as u64 * p.batch;
+        let end = (p.start + mine.end as u64 * p.batch).min(p.start + p.count);
         while i < end {
             let n = p.batch.min(end - i);
             let v: Vec<u64> = (i..i + n).collect();
@@ -192,6 +197,9 @@ impl Stage for Scale {
     }
     fn outputs(_: &ScaleParams) -> Vec<Port> {
         vec![Port::stream("numbers", "ints")]
+    }
+    fn shardable(_: &ScaleParams) -> Result<(), String> {
+        Ok(())
     }
     fn new(p: ScaleParams) -> Self {
         Self(p)
@@ -527,3 +535,31 @@ pub fn lookup(f: &Fixture, key: &str) -> Lookup {
 }
 
 pub const HEADER: &str = "name: t\nseed: 1\ndevice: cpu\nstore: store\n";
+
+/// A manifest for an artifact committed by hand under `key`.
+pub fn manifest(key: &str) -> picie_engine::artifact::Manifest {
+    picie_engine::artifact::Manifest {
+        key: key.to_string(),
+        node: "n".into(),
+        kind: "numbers".into(),
+        output: "table".into(),
+        ty: "int_table".into(),
+        epoch: None,
+        files: Vec::new(),
+        rows: 0,
+        schema: Vec::new(),
+        meta: Default::default(),
+        wall_time_s: 0.0,
+        created: picie_engine::store::now(),
+        picie_version: "test".into(),
+        provenance: serde_json::Value::Null,
+    }
+}
+
+/// Asserts that each of `nodes` ran in exactly one of the runs whose ran-lists are given.
+pub fn assert_computed_once(ran: &[Vec<String>], nodes: &[&str]) {
+    for node in nodes {
+        let by = ran.iter().filter(|r| r.iter().any(|n| n == node)).count();
+        assert_eq!(by, 1, "{node}: {ran:?}");
+    }
+}

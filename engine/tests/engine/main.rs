@@ -8,4 +8,5 @@ mod executor;
 mod s3;
 mod sections;
 mod seeds;
+mod shards;
 mod spec_errors;

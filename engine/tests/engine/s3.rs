@@ -17,7 +17,7 @@ use picie_engine::store::{Lookup, Store};
 use picie_engine::testing::ran;
 use picie_engine::{Plan, RunOptions};
 
-use crate::common::{registry, values_of};
+use crate::common::{manifest, registry, values_of};
 
 const BUCKET: &str = "picie";
 /// The one identity the server knows: other credentials are refused.
@@ -528,25 +528,6 @@ fn the_first_manifest_published_wins_and_stays() {
         .all(|a| a.as_ref().map_or(true, |a| a.manifest.key != half)));
 }
 
-fn manifest(key: &str) -> Manifest {
-    Manifest {
-        key: key.to_string(),
-        node: "n".into(),
-        kind: "numbers".into(),
-        output: "table".into(),
-        ty: "int_table".into(),
-        epoch: None,
-        files: Vec::new(),
-        rows: 0,
-        schema: Vec::new(),
-        meta: Default::default(),
-        wall_time_s: 0.0,
-        created: picie_engine::store::now(),
-        picie_version: "test".into(),
-        provenance: serde_json::Value::Null,
-    }
-}
-
 /// Leases: a live one (renewed past its ttl) is refused with its holder, a dead worker's
 /// (no longer renewed, expired) is taken over, and a released one is free at once.
 #[test]
@@ -823,4 +804,76 @@ fn a_store_stopped_mid_run_fails_clearly_and_the_rerun_resumes() {
     assert!(done.contains(&"slow".to_string()), "{:?}", report.nodes);
     let rerun = picie_engine::run(&plan, &store, &RunOptions::default()).unwrap();
     assert!(ran(&rerun).is_empty(), "{:?}", rerun.nodes);
+}
+
+/// Workers of a sharded run on S3, each its own machine (cache): every part computed once,
+/// and the joined table byte for byte the one a single process stores locally.
+#[test]
+fn sharded_workers_on_s3_join_their_parts_into_the_whole() {
+    let Some(weed) = Weed::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let url = weed.url("sharded");
+    let yaml = |store: &str| {
+        let p = tmp.path().join(format!("p-{}.yaml", store.len()));
+        std::fs::write(
+            &p,
+            format!(
+                "name: w\nseed: 1\ndevice: cpu\nstore: {store}\nstages:
+  - name: n
+    kind: numbers
+    params: {{count: 300000, batch: 3331, delay_ms: 20}}
+  - name: a
+    kind: acc
+    inputs: {{base: n.table}}
+"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let local = Plan::load(
+        &yaml(&tmp.path().join("local").display().to_string()),
+        &registry(),
+    )
+    .unwrap();
+    let local_store = Store::open(&local.spec.store).unwrap();
+    picie_engine::run(&local, &local_store, &RunOptions::default()).unwrap();
+    let remote = yaml(&url);
+    let barrier = Barrier::new(2);
+    let reports: Vec<Vec<String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|i| {
+                let (weed, remote, barrier, tmp) = (&weed, &remote, &barrier, &tmp);
+                s.spawn(move || {
+                    let shard = picie_engine::Shard::new(i, 2).unwrap();
+                    let plan = Plan::load(remote, &registry())
+                        .unwrap()
+                        .into_sharded(shard)
+                        .0;
+                    let opts = weed.options(&tmp.path().join(format!("cache-{i}")));
+                    let store = Store::open_with(&plan.spec.store, &opts).unwrap();
+                    barrier.wait();
+                    ran(&picie_engine::run(&plan, &store, &RunOptions::default()).unwrap())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    crate::common::assert_computed_once(&reports, &["n", "a", "n[part 0/2]", "n[part 1/2]"]);
+    let plan = Plan::load(&remote, &registry()).unwrap();
+    let store =
+        Store::open_with(Path::new(&url), &weed.options(&tmp.path().join("reader"))).unwrap();
+    let files = |store: &Store, plan: &Plan| {
+        let i = plan.index_of("n").unwrap();
+        match store.lookup(&plan.nodes[i].output_keys["table"]) {
+            Lookup::Valid(a) => a
+                .manifest
+                .files
+                .iter()
+                .map(|f| f.blake3.clone())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(files(&store, &plan), files(&local_store, &local));
 }
