@@ -49,6 +49,22 @@ seaweedfs() {
     fi
 }
 
+# Azurite, Microsoft's Azure Storage emulator (an npm package, into $VENV/azurite), for the
+# tests of stores on Azure Blob Storage (`az://`): they start an `azurite-blob` on 127.0.0.1
+# and skip without it. Needs Node.js and npm; a failed install only warns.
+AZURITE=3.37.0
+azurite() {
+    [ -x "$VENV/azurite/node_modules/.bin/azurite-blob" ] && return 0
+    if ! command -v npm >/dev/null; then
+        echo "setup: npm not found (install Node.js); the Azure store tests will skip" >&2
+        return 0
+    fi
+    echo "setup: installing azurite (the Azure store tests' Azurite) into $VENV/azurite"
+    if ! npm install --prefix "$VENV/azurite" --no-audit --no-fund --loglevel=error "azurite@$AZURITE" >/dev/null; then
+        echo "setup: could not install azurite; the Azure store tests will skip" >&2
+    fi
+}
+
 bench_peers() {
     if ! "$VENV/bin/python" -c "import faiss, sklearn, threadpoolctl" 2>/dev/null; then
         echo "setup: installing the benchmark peers faiss-cpu and scikit-learn into $VENV"
@@ -102,6 +118,7 @@ fi
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     vit_packages
     seaweedfs
+    azurite
     [ "${1:-}" = "--bench" ] && bench_peers
     exit 0
 fi
@@ -118,5 +135,6 @@ echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a
 touch "$STAMP"
 vit_packages
 seaweedfs
+azurite
 [ "${1:-}" = "--bench" ] && bench_peers
 echo "setup: done"

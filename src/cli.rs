@@ -57,7 +57,7 @@ enum Command {
         /// JOB_COMPLETION_INDEX/PICIE_SHARDS when set; `off` ignores those.
         #[arg(long, value_name = "I/N|off")]
         shard: Option<String>,
-        /// The store to use instead of the file's `store:` (a folder or s3://bucket/prefix).
+        /// The store to use instead of the file's `store:` (a folder, or s3://, gs://, az://bucket/prefix).
         #[arg(long, value_name = "DIR|URL")]
         store: Option<PathBuf>,
     },
@@ -73,6 +73,9 @@ enum Command {
         from: Vec<String>,
         #[arg(long, value_name = "STAGE")]
         until: Vec<String>,
+        /// Show the plan of worker I of N of a sharded run (its parts and joins).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// List the artifacts in a store.
     Ls(StoreArg),
@@ -120,7 +123,7 @@ enum Command {
         target: String,
         #[command(flatten)]
         store: FindStore,
-        /// Output folder (default: STORE/reports/NAME; for an s3:// store, reports/NAME).
+        /// Output folder (default: STORE/reports/NAME; for a store on object storage, reports/NAME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Validation images to draw (image | ground truth | prediction | overlay).
@@ -141,16 +144,16 @@ enum WeightsAction {
 
 #[derive(Args, Debug)]
 struct FindStore {
-    /// The artifact store: a folder or s3://bucket/prefix (default: the pipeline file's
-    /// `store:`, else artifacts).
+    /// The artifact store: a folder, or s3://, gs://, az://bucket/prefix (default: the
+    /// pipeline file's `store:`, else artifacts).
     #[arg(long)]
     store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct StoreArg {
-    /// The artifact store: a folder or s3://bucket/prefix (endpoint and credentials from
-    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    /// The artifact store: a folder, or s3://, gs://, az://bucket/prefix (endpoint and
+    /// credentials from the AWS_*, GOOGLE_* or AZURE_STORAGE_* variables).
     #[arg(long, default_value = "artifacts")]
     store: PathBuf,
 }
@@ -204,12 +207,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             if let Some(store) = store {
                 plan.spec.store = store;
             }
-            let shard = match shard.as_deref() {
-                Some("off") => None,
-                Some(s) => Some(s.parse::<Shard>().context("--shard")?),
-                None => Shard::from_env(|k| std::env::var(k).ok())
-                    .context("the scheduler's environment (use --shard I/N or --shard off)")?,
-            };
+            let shard = shard_arg(shard.as_deref())?;
             let seeds = if seeds.is_empty() {
                 plan.spec.seeds.clone()
             } else {
@@ -282,8 +280,12 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             force,
             from,
             until,
+            shard,
         } => {
-            let plan = Plan::load(&pipeline, registry)?;
+            let mut plan = Plan::load(&pipeline, registry)?;
+            if let Some(sh) = shard_arg(shard.as_deref())? {
+                plan = sharded(plan, sh, cli.quiet);
+            }
             let store = Store::open(&plan.spec.store)?;
             let opts = RunOptions {
                 force,
@@ -398,7 +400,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             let name = found.target.name();
             // A remote store's reports go beside the user, not into its hidden cache.
             let out = out.unwrap_or_else(|| match Location::of_path(&found.store) {
-                Ok(Location::S3 { .. }) => Path::new("reports").join(name),
+                Ok(Location::Remote { .. }) => Path::new("reports").join(name),
                 _ => found.store.join("reports").join(name),
             });
             let files = match &found.target {
@@ -453,6 +455,16 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The shard of `--shard I/N|off`, or else of the scheduler's environment.
+fn shard_arg(arg: Option<&str>) -> Result<Option<Shard>> {
+    Ok(match arg {
+        Some("off") => None,
+        Some(s) => Some(s.parse::<Shard>().context("--shard")?),
+        None => Shard::from_env(|k| std::env::var(k).ok())
+            .context("the scheduler's environment (use --shard I/N or --shard off)")?,
+    })
 }
 
 /// Worker `shard` of a sharded run: the plan split into parts, under a run name of its own.
@@ -576,7 +588,7 @@ fn import_weights(input: &Path, output: &Path) -> Result<()> {
 fn open_existing(root: &Path) -> Result<Store> {
     if !Store::exists(root) {
         anyhow::bail!(
-            "{} is not an artifact store (no objects/ folder); pass --store DIR or s3://bucket/prefix",
+            "{} is not an artifact store (no objects/ folder); pass --store DIR or s3://bucket/prefix (or gs://, az://)",
             root.display()
         );
     }

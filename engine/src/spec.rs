@@ -19,7 +19,7 @@ pub struct Spec {
     /// with `seed`.
     pub seeds: Vec<u64>,
     /// A folder, resolved against the pipeline file's folder when relative, or an object
-    /// store URL as written (`s3://bucket/prefix`; see [`crate::remote`]).
+    /// store URL as written (`s3://bucket/prefix`, `gs://`, `az://`; see [`crate::remote`]).
     pub store: PathBuf,
     pub channel_capacity: usize,
     /// The application's top-level sections as written (see [`crate::SectionDef`]).
@@ -136,11 +136,11 @@ pub fn parse(text: &str, file: &Path, sections: &[&str], diags: &mut Diagnostics
     // A folder (relative to the file), `file://`, or an object store URL kept as written.
     let store = match crate::remote::Location::parse(&store) {
         Ok(crate::remote::Location::Local(dir)) => base.join(dir),
-        Ok(crate::remote::Location::S3 { url, .. }) => PathBuf::from(url),
+        Ok(crate::remote::Location::Remote { url, .. }) => PathBuf::from(url),
         Err(message) => {
             diags.push(
                 Diagnostic::new(loc_of(store_node), message).hint(
-                    "give a folder, `file:///abs/dir`, or `s3://bucket/prefix` (endpoint and credentials from AWS_* variables)",
+                    "give a folder, `file:///abs/dir`, `s3://bucket/prefix` (AWS_* variables), `gs://bucket/prefix` (GOOGLE_*) or `az://container/prefix` (AZURE_STORAGE_*)",
                 ),
             );
             PathBuf::from(store)

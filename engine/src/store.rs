@@ -10,7 +10,7 @@
 //! A commit writes into tmp/, fsyncs every file and the manifest, then renames the folder
 //! into objects/: a crash leaves either the old state or the new one, never half of it.
 //!
-//! A store may also live on S3-compatible object storage (`s3://bucket/prefix`): the folder
+//! A store may also live on object storage (`s3://`, `gs://` or `az://bucket/prefix`): the folder
 //! above is then its local cache, and [`crate::remote`] says what lives where and how
 //! commits and leases work there.
 
@@ -87,7 +87,7 @@ pub struct StoreLock {
 }
 
 impl Store {
-    /// Opens (creating) the store at `root`: a folder, `file://DIR`, or `s3://bucket/prefix`
+    /// Opens (creating) the store at `root`: a folder, `file://DIR`, or `s3://`, `gs://`, `az://bucket/prefix`
     /// with the endpoint and credentials from the environment (see [`crate::remote`]).
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         Self::open_with(root, &RemoteOptions::default())
@@ -101,7 +101,7 @@ impl Store {
         })?;
         let (dir, remote, location) = match location {
             Location::Local(dir) => (dir.clone(), None, dir),
-            Location::S3 {
+            Location::Remote {
                 url,
                 bucket,
                 prefix,
@@ -139,7 +139,7 @@ impl Store {
     pub fn exists(root: &Path) -> bool {
         match Location::of_path(root) {
             Ok(Location::Local(dir)) => dir.join("objects").is_dir() && dir.join("runs").is_dir(),
-            Ok(Location::S3 { .. }) | Err(_) => true,
+            Ok(Location::Remote { .. }) | Err(_) => true,
         }
     }
 
@@ -148,7 +148,7 @@ impl Store {
         &self.root
     }
 
-    /// The store as its user named it: its folder, or its URL (`s3://bucket/prefix`).
+    /// The store as its user named it: its folder, or its URL (`s3://bucket/prefix`, ...).
     pub fn location(&self) -> &Path {
         &self.location
     }
@@ -536,7 +536,7 @@ impl Store {
     pub(crate) fn no_remote_gc(&self) -> StoreError {
         StoreError::Unsupported {
             location: self.location.clone(),
-            message: "gc on s3:// stores is not supported yet (it would need every run on \
+            message: "gc on object-storage stores (s3://, gs://, az://) is not supported yet (it would need every run on \
                       every machine stopped); its local cache may be deleted at any time"
                 .into(),
         }

@@ -17,7 +17,8 @@ fn demo(dir: &Path) -> PathBuf {
     let text = fs::read_to_string(repo.join("pipelines/shard-demo.yaml"))
         .unwrap()
         .replace("train_images: 64", "train_images: 24")
-        .replace("batch: 8", "batch: 4");
+        .replace("batch: 8", "batch: 4")
+        .replace("store: ../artifacts", "store: store");
     let path = dir.join("shard-demo.yaml");
     fs::write(&path, text).unwrap();
     path
@@ -212,4 +213,30 @@ fn bad_shard_specs_are_refused_with_the_reason() {
         assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
     }
     assert!(!dir.join("s").join("objects").exists(), "nothing computed");
+}
+
+#[test]
+fn a_workers_plan_shows_its_parts_and_what_runs_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = demo(tmp.path());
+    let out = finish(picie(
+        tmp.path(),
+        &["plan", p.to_str().unwrap(), "--shard", "1/3"],
+        &[],
+    ));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("shard 1/3: 4 node(s) computed in 3 parts"),
+        "{t}"
+    );
+    for part in ["aug[part 0/3]", "features[part 2/3]", "label[part 1/3]"] {
+        assert!(t.contains(part), "{part}: {t}");
+    }
+    // k-means does not run in parts: it appears once, under its own name.
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("kmeans ")).count(),
+        1,
+        "{t}"
+    );
 }

@@ -1,19 +1,23 @@
-//! A blocking face on object_store's async S3 client: the engine stays synchronous, and a
-//! small tokio runtime of its own drives the requests (`block_on`).
+//! A blocking face on object_store's async clients (S3, GCS, Azure): the engine stays
+//! synchronous, and a small tokio runtime of its own drives the requests (`block_on`).
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     RetryConfig, UpdateVersion, WriteMultipart,
 };
 
+use super::Service;
 use crate::store::StoreError;
 
 /// Files up to this size go up in one PUT; larger ones as multipart uploads of such parts.
@@ -21,27 +25,28 @@ const PART: usize = 16 << 20;
 /// The probe at open: long enough for a slow but live endpoint, short enough for a person.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An object as read, with the ETag that a conditional update names.
+/// An object as read, with the version (ETag, GCS generation) a conditional update names.
 pub(crate) struct Got {
     pub bytes: Vec<u8>,
-    pub e_tag: Option<String>,
+    pub version: UpdateVersion,
 }
 
 /// How a conditional PUT ended.
 #[derive(Debug)]
 pub(crate) enum Put {
     Done {
-        e_tag: Option<String>,
+        version: UpdateVersion,
     },
     /// `PutMode::Create` found an object there.
     Exists,
-    /// `PutMode::Update` found another version there.
+    /// `PutMode::Update` found another version there, or none.
     Changed,
 }
 
 pub(crate) struct Client {
     pub url: String,
-    /// The endpoint as configured, for messages (`None`: AWS itself).
+    pub service: Service,
+    /// The endpoint as configured, for messages (`None`: the service's own).
     endpoint: Option<String>,
     bucket: String,
     prefix: String,
@@ -50,10 +55,12 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Builds the S3 client from the `AWS_*` variables, then `overrides`, with timeouts
-    /// and retries that let a dead endpoint fail within seconds.
+    /// Builds the client of `service` from its variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`),
+    /// then `overrides`, with timeouts and retries that let a dead endpoint fail within
+    /// seconds.
     pub fn connect(
         url: &str,
+        service: Service,
         bucket: &str,
         prefix: &str,
         overrides: &[(String, String)],
@@ -62,52 +69,25 @@ impl Client {
             url: url.to_string(),
             message,
         };
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                "3s",
-            )
-            // Whole requests, bodies included: large artifacts on slow links need minutes.
-            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(20),
-            });
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            b = b.with_region("us-east-1");
+        let (store, endpoint) = match service {
+            Service::S3 => s3(bucket, overrides),
+            Service::Gcs => gcs(bucket, overrides),
+            Service::Azure => azure(bucket, overrides),
         }
-        for (k, v) in overrides {
-            let key: AmazonS3ConfigKey = k
-                .parse()
-                .map_err(|e| fail(format!("unknown S3 setting `{k}`: {e}")))?;
-            b = b.with_config(key, v);
-        }
-        let endpoint = b
-            .get_config_value(&AmazonS3ConfigKey::Endpoint)
-            .filter(|e| !e.is_empty());
-        let store = b
-            .build()
-            .map_err(|e| fail(format!("cannot configure the S3 client: {}", chain(&e))))?;
+        .map_err(&fail)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("picie-s3")
+            .thread_name(format!("picie-{}", service.scheme()))
             .enable_all()
             .build()
             .map_err(|e| fail(format!("cannot start the I/O runtime: {e}")))?;
         Ok(Client {
             url: url.to_string(),
+            service,
             endpoint,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            store: Arc::new(store),
+            store,
             rt,
         })
     }
@@ -123,10 +103,15 @@ impl Client {
         let why = match r {
             Ok(Ok(_)) => return Ok(()),
             Err(_) => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
-            Ok(Err(e)) if no_bucket(&e) => format!("bucket `{}` does not exist", self.bucket),
-            // Without keys, object_store asks the EC2 instance metadata service for some.
-            Ok(Err(e)) if chain(&e).contains("169.254.169.254") => format!(
-                "no credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY unset, and no instance metadata service: {})",
+            Ok(Err(e)) if no_bucket(&e) => format!(
+                "{} `{}` does not exist",
+                self.service.bucket_word(),
+                self.bucket
+            ),
+            // Without credentials, object_store asks the cloud's metadata service for some.
+            Ok(Err(e)) if metadata_service(&chain(&e)) => format!(
+                "no credentials ({}: {})",
+                no_credentials(self.service),
                 chain(&e)
             ),
             Ok(Err(e)) => chain(&e),
@@ -138,9 +123,7 @@ impl Client {
             .unwrap_or_default();
         Err(StoreError::Remote {
             url: self.url.clone(),
-            message: format!(
-                "cannot open it{endpoint}: {why} (check AWS_ENDPOINT_URL, the bucket and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-            ),
+            message: format!("cannot open it{endpoint}: {why} ({})", check(self.service)),
         })
     }
 
@@ -165,11 +148,14 @@ impl Client {
         let path = self.path(rel);
         let r = self.rt.block_on(async {
             let got = self.store.get(&path).await?;
-            let e_tag = got.meta.e_tag.clone();
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
             let bytes = got.bytes().await?;
             Ok::<_, object_store::Error>(Got {
                 bytes: bytes.to_vec(),
-                e_tag,
+                version,
             })
         });
         match r {
@@ -192,15 +178,18 @@ impl Client {
     /// Writes `bytes` to `rel` as `mode` says (create only, update a version, overwrite).
     pub fn put(&self, rel: &str, bytes: Vec<u8>, mode: PutMode) -> Result<Put, StoreError> {
         let path = self.path(rel);
+        let update = matches!(mode, PutMode::Update(_));
         let r = self.rt.block_on(self.store.put_opts(
             &path,
             PutPayload::from(bytes),
             PutOptions::from(mode),
         ));
         match r {
-            Ok(p) => Ok(Put::Done { e_tag: p.e_tag }),
+            Ok(p) => Ok(Put::Done { version: p.into() }),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
             Err(object_store::Error::Precondition { .. }) => Ok(Put::Changed),
+            // The version to update was deleted since it was read (S3 answers 404, not 412).
+            Err(object_store::Error::NotFound { .. }) if update => Ok(Put::Changed),
             Err(e) => Err(self.err("cannot write", rel, &e)),
         }
     }
@@ -311,26 +300,186 @@ impl Client {
     }
 }
 
-/// `PutMode::Update` for an observed ETag.
-pub(crate) fn update(e_tag: Option<String>) -> PutMode {
-    PutMode::Update(UpdateVersion {
-        e_tag,
-        version: None,
-    })
+/// Whether `v` holds what `service` compares in a `PutMode::Update`: the ETag on S3 and
+/// Azure (`If-Match`), the generation on GCS (`x-goog-if-generation-match`; object_store
+/// refuses an update without one).
+pub(crate) fn can_update(service: Service, v: &UpdateVersion) -> bool {
+    match service {
+        Service::S3 | Service::Azure => v.e_tag.is_some(),
+        Service::Gcs => v.version.is_some(),
+    }
 }
 
-/// Whether a listing failed because the bucket does not exist.
+/// What to check when a store does not open.
+fn check(service: Service) -> &'static str {
+    match service {
+        Service::S3 => "check AWS_ENDPOINT_URL, the bucket and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        Service::Gcs => "check the bucket and GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS",
+        Service::Azure => "check AZURE_STORAGE_ACCOUNT_NAME, the container and AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_USE_EMULATOR=true for Azurite",
+    }
+}
+
+/// Why a store fell back to the cloud's metadata service for credentials.
+fn no_credentials(service: Service) -> &'static str {
+    match service {
+        Service::S3 => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY unset, and no instance metadata service",
+        Service::Gcs => "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS unset, and no GCP metadata server",
+        Service::Azure => "AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN / AZURE_CLIENT_SECRET unset, and no managed identity endpoint",
+    }
+}
+
+/// Whether an error is a failed request to a cloud metadata service (EC2, GCE, Azure IMDS).
+fn metadata_service(chain: &str) -> bool {
+    chain.contains("169.254.169.254") || chain.contains("metadata.google.internal")
+}
+
+/// The settings every client gets before the user's: connections that fail fast, whole
+/// requests (bodies included) that may take minutes for large artifacts on slow links,
+/// and a few quick retries.
+const CLIENT: [(ClientConfigKey, &str); 2] = [
+    (ClientConfigKey::ConnectTimeout, "3s"),
+    (ClientConfigKey::Timeout, "300s"),
+];
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+    }
+}
+
+/// Applies [`CLIENT`], then `overrides` (keys of `K`, the service's config keys), with
+/// `set`, the builder's `with_config`.
+fn configure<B, K>(
+    mut b: B,
+    set: fn(B, K, &str) -> B,
+    client: fn(ClientConfigKey) -> K,
+    service: Service,
+    overrides: &[(String, String)],
+) -> Result<B, String>
+where
+    K: FromStr<Err = object_store::Error>,
+{
+    for (k, v) in CLIENT {
+        b = set(b, client(k), v);
+    }
+    for (k, v) in overrides {
+        let key: K = k
+            .parse()
+            .map_err(|e| format!("unknown {} setting `{k}`: {e}", service.name()))?;
+        b = set(b, key, v);
+    }
+    Ok(b)
+}
+
+/// A built client, and its endpoint as configured (for messages).
+type Built = (Arc<dyn ObjectStore>, Option<String>);
+
+fn built<S: ObjectStore>(
+    service: Service,
+    store: object_store::Result<S>,
+    endpoint: Option<String>,
+) -> Result<Built, String> {
+    match store {
+        Ok(s) => Ok((Arc::new(s), endpoint.filter(|e| !e.is_empty()))),
+        Err(e) => Err(format!(
+            "cannot configure the {} client: {} ({})",
+            service.name(),
+            chain(&e),
+            check(service)
+        )),
+    }
+}
+
+fn s3(bucket: &str, overrides: &[(String, String)]) -> Result<Built, String> {
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry());
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        b = b.with_region("us-east-1");
+    }
+    let b = configure(
+        b,
+        |b, k, v| b.with_config(k, v),
+        AmazonS3ConfigKey::Client,
+        Service::S3,
+        overrides,
+    )?;
+    let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    built(Service::S3, b.build(), endpoint)
+}
+
+fn gcs(bucket: &str, overrides: &[(String, String)]) -> Result<Built, String> {
+    let b = GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry());
+    let b = configure(
+        b,
+        |b, k, v| b.with_config(k, v),
+        GoogleConfigKey::Client,
+        Service::Gcs,
+        overrides,
+    )?;
+    let endpoint = b.get_config_value(&GoogleConfigKey::BaseUrl);
+    built(Service::Gcs, b.build(), endpoint)
+}
+
+fn azure(container: &str, overrides: &[(String, String)]) -> Result<Built, String> {
+    let b = MicrosoftAzureBuilder::from_env()
+        .with_container_name(container)
+        .with_retry(retry());
+    let b = configure(
+        b,
+        |b, k, v| b.with_config(k, v),
+        AzureConfigKey::Client,
+        Service::Azure,
+        overrides,
+    )?;
+    // The emulator's address comes from the environment only (object_store's rule).
+    let emulator = b
+        .get_config_value(&AzureConfigKey::UseEmulator)
+        .is_some_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "1" | "true" | "on" | "yes" | "y"
+            )
+        });
+    let endpoint = if emulator {
+        Some(
+            std::env::var("AZURITE_BLOB_STORAGE_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:10000".into()),
+        )
+    } else {
+        b.get_config_value(&AzureConfigKey::Endpoint)
+    };
+    built(Service::Azure, b.build(), endpoint)
+}
+
+/// Whether a listing failed because the bucket (container) does not exist.
 fn no_bucket(e: &object_store::Error) -> bool {
-    matches!(e, object_store::Error::NotFound { .. }) || chain(e).contains("NoSuchBucket")
+    let s = chain(e);
+    matches!(e, object_store::Error::NotFound { .. })
+        || s.contains("NoSuchBucket")
+        || s.contains("ContainerNotFound")
 }
 
 /// An error and its causes on one line, without repeats (object_store's messages already
-/// include some of their sources), and an S3 error document as `Code: Message`.
+/// include some of their sources), and an XML error document (S3, GCS, Azure) as
+/// `Code: Message`.
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let s = crate::error::chain(e);
     match (s.find("<?xml"), between(&s, "<Code>", "</Code>")) {
         (Some(at), Some(code)) => {
-            let message = between(&s, "<Message>", "</Message>").unwrap_or_default();
+            // Azure's message goes on with lines of request id and time.
+            let message = between(&s, "<Message>", "</Message>")
+                .and_then(|m| m.lines().next())
+                .unwrap_or_default();
             format!("{}{code}: {message}", &s[..at])
         }
         _ => s,

@@ -1,22 +1,24 @@
 //! Leases as objects, for many runs (on many machines) sharing one remote store.
 //!
 //! A lease is a small JSON object (`claims/KEY.json`, `runs/NAME/RUNNING.json`) created
-//! with `If-None-Match: *`, so exactly one run gets it. Its holder renews it every ttl/3
-//! with `If-Match` on the ETag it last wrote; a run that dies stops renewing, and once
-//! the expiry written in it has passed, another run may take it over, again with
-//! `If-Match` on the ETag it observed, so that of several runs taking over at once (or a
-//! late renewal) exactly one wins. Expiry is wall-clock time: machines sharing a store
+//! only if absent (`If-None-Match: *`; on GCS, generation 0), so exactly one run gets it.
+//! Its holder renews it every ttl/3, updating only the version it last wrote (`If-Match`
+//! on the ETag; on GCS, on the generation); a run that dies stops renewing, and once the
+//! expiry written in it has passed, another run may take it over, again updating only the
+//! version it observed, so that of several runs taking over at once (or a late renewal)
+//! exactly one wins. Expiry is wall-clock time: machines sharing a store
 //! need clocks that agree to well within the ttl.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use object_store::{PutMode, PutPayload};
+use object_store::{PutMode, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::client::{update, Client, Put};
+use super::client::{can_update, Client, Put};
+use super::Service;
 use crate::store::StoreError;
 
 /// What a lease object holds.
@@ -94,8 +96,8 @@ impl RemoteLease {
         // A few rounds: the lease may be released or taken over between our reads.
         for _ in 0..3 {
             let body = LeaseBody::new(&holder, &token, ttl);
-            if let Put::Done { e_tag } = client.put(rel, body.bytes(), PutMode::Create)? {
-                return Ok(Ok(Self::hold(client, rel, body, e_tag, ttl)));
+            if let Put::Done { version } = client.put(rel, body.bytes(), PutMode::Create)? {
+                return Ok(Ok(Self::hold(client, rel, body, version, ttl)));
             }
             let Some(got) = client.get(rel)? else {
                 continue;
@@ -108,9 +110,10 @@ impl RemoteLease {
                 seen = t.describe();
             }
             // Expired (or unreadable): take it over unless it changed since we read it.
-            if let Put::Done { e_tag } = client.put(rel, body.bytes(), update(got.e_tag))? {
+            let mode = PutMode::Update(got.version);
+            if let Put::Done { version } = client.put(rel, body.bytes(), mode)? {
                 info!("{}: took over the expired lease {rel} ({seen})", client.url);
-                return Ok(Ok(Self::hold(client, rel, body, e_tag, ttl)));
+                return Ok(Ok(Self::hold(client, rel, body, version, ttl)));
             }
         }
         Ok(Err(seen))
@@ -120,7 +123,7 @@ impl RemoteLease {
         client: &Arc<Client>,
         rel: &str,
         body: LeaseBody,
-        e_tag: Option<String>,
+        version: UpdateVersion,
         ttl: Duration,
     ) -> Self {
         let token = body.token.clone();
@@ -128,8 +131,9 @@ impl RemoteLease {
             Arc::clone(&client.store),
             client.path(rel),
             client.url.clone(),
+            client.service,
             body,
-            e_tag,
+            version,
             ttl,
         ));
         Self {
@@ -162,24 +166,25 @@ async fn renew(
     store: Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
     url: String,
+    service: Service,
     mut body: LeaseBody,
-    mut e_tag: Option<String>,
+    mut version: UpdateVersion,
     ttl: Duration,
 ) {
     loop {
         tokio::time::sleep(ttl / 3).await;
         body = LeaseBody::new(&body.holder, &body.token, ttl);
-        let mode = if e_tag.is_some() {
-            update(e_tag.clone())
+        let mode = if can_update(service, &version) {
+            PutMode::Update(version.clone())
         } else {
-            // A store that returns no ETag cannot update conditionally.
+            // A store that returned no version cannot update conditionally.
             PutMode::Overwrite
         };
         let r = store
             .put_opts(&path, PutPayload::from(body.bytes()), mode.into())
             .await;
         match r {
-            Ok(p) => e_tag = p.e_tag,
+            Ok(p) => version = p.into(),
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => {

@@ -2,9 +2,12 @@
 
 mod common;
 
+mod azure;
 mod cache;
 mod epochs;
 mod executor;
+mod gcs;
+mod remote;
 mod s3;
 mod sections;
 mod seeds;
