@@ -26,6 +26,15 @@ pub struct TrainParams {
     pub weight_decay: f64,
     /// Batches whose gradients add up before one optimizer step (8 x 16 = the release's 128).
     pub accumulate: usize,
+    /// The loss's logits are <z, mu> / temperature. The release has none (1): with unit
+    /// features and centroids its logits span at most [-1, 1], so the softmax can never be
+    /// confident. Left out of the cache key at 1, so keys stay what they were.
+    #[serde(skip_serializing_if = "is_one")]
+    pub temperature: f64,
+}
+
+fn is_one(t: &f64) -> bool {
+    *t == 1.0
 }
 
 impl Default for TrainParams {
@@ -36,6 +45,7 @@ impl Default for TrainParams {
             eps: 1e-8,
             weight_decay: 0.0,
             accumulate: 1,
+            temperature: 1.0,
         }
     }
 }
@@ -98,6 +108,9 @@ impl Stage for Train {
         if p.accumulate == 0 {
             e.push(ParamError::new("accumulate", "must be at least 1"));
         }
+        if p.temperature.is_nan() || p.temperature <= 0.0 {
+            e.push(ParamError::new("temperature", "must be positive"));
+        }
         e
     }
     fn new(p: TrainParams) -> Self {
@@ -140,6 +153,12 @@ impl Stage for Train {
         let mut views = Views::open(ctx, &m)?;
         while let Some(b) = views.next(ctx)? {
             let (z1, z2) = b.features(&m.net, device, true)?;
+            // Logits are linear in z: scaling z scales them.
+            let (z1, z2) = if p.temperature == 1.0 {
+                (z1, z2)
+            } else {
+                (z1 / p.temperature, z2 / p.temperature)
+            };
             let hw = (z1.size()[2], z1.size()[3]);
             let y1 = stack_labels(&y[0], &b.images, 1, hw)?.to_device(device);
             let y2 = stack_labels(&y[1], &b.images, 2, hw)?.to_device(device);
@@ -202,6 +221,27 @@ mod tests {
             .unwrap_or_else(|| panic!("no `{name}` in the reference"))
             .1
             .shallow_clone()
+    }
+
+    /// The release's loss (no temperature) keeps the cache keys it had before the param
+    /// existed; another temperature is keyed, and a non-positive one refused.
+    #[test]
+    fn temperature_one_is_left_out_of_the_key() {
+        let keyed = |t: f64| {
+            serde_json::to_value(TrainParams {
+                temperature: t,
+                ..TrainParams::default()
+            })
+            .unwrap()
+        };
+        assert!(keyed(1.0).get("temperature").is_none());
+        assert_eq!(keyed(0.1)["temperature"], 0.1);
+        let bad = Train::validate(&TrainParams {
+            temperature: 0.0,
+            ..TrainParams::default()
+        });
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].field, "temperature");
     }
 
     fn max_abs(t: &Tensor) -> f64 {

@@ -159,7 +159,14 @@ where
         Ok(serde_json::Value::Object(o)) => o,
         _ => serde_json::Map::new(),
     };
-    let known: Vec<&str> = default.keys().map(String::as_str).collect();
+    // Every field the type declares: also those its serialised default leaves out
+    // (`skip_serializing_if`, which keeps a new param's default out of cache keys).
+    let mut known: Vec<&str> = default.keys().map(String::as_str).collect();
+    for f in serde_aux::serde_introspection::serde_introspect::<T>() {
+        if !known.contains(f) {
+            known.push(f);
+        }
+    }
     // A field whose default is a non-empty object is a nested struct: its keys are checked
     // too. (An empty one may be a free-form map, so it is left alone.)
     let nested: Vec<(&str, Vec<&str>)> = default
@@ -336,6 +343,26 @@ mod tests {
         #[serde(flatten)]
         inner: Inner,
         name: String,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Skips {
+        a: i64,
+        #[serde(skip_serializing_if = "is_zero")]
+        t: i64,
+    }
+    fn is_zero(v: &i64) -> bool {
+        *v == 0
+    }
+
+    /// A field that the serialised default leaves out is still a known param.
+    #[test]
+    fn fields_left_out_of_the_serialised_default_are_known() {
+        let node = marked_yaml::parse_yaml(0, "{a: 1, t: 2}").unwrap();
+        let (v, diags) = from_mapping::<Skips>(node.as_mapping().unwrap(), "param", "kind `t`");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(v, Some(Skips { a: 1, t: 2 }));
     }
 
     /// Regression: flattened fields got their YAML scalars as strings ("invalid type:
