@@ -114,17 +114,9 @@ impl Stage for Augment {
         let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
         let epoch = p.draw_epoch(ctx.epoch().unwrap_or(0));
         let seed = ctx.seed();
-        let ids: Vec<usize> = (0..n).collect();
-        let total = ids.chunks(p.batch).len();
-        let mine = ctx.shard().map_or(0..total, |s| s.range(total));
-        ctx.progress().set_length(
-            ids.chunks(p.batch)
-                .skip(mine.start)
-                .take(mine.len())
-                .flatten()
-                .count() as u64,
-        );
-        for chunk in ids.chunks(p.batch).skip(mine.start).take(mine.len()) {
+        let ids: Vec<usize> = ctx.shard_items(n, p.batch).collect();
+        ctx.progress().set_length(ids.len() as u64);
+        for chunk in ids.chunks(p.batch) {
             ctx.check_cancelled()?;
             let ds = ds.as_ref();
             let made = preprocess::par_map(chunk, p.threads, |&i| -> Result<_, StageError> {

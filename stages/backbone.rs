@@ -213,11 +213,9 @@ impl Stage for Backbone {
                     EvalSplit::Val => Split::Val,
                 })?;
                 let n = p.limit.map_or(ds.len(), |l| l.min(ds.len()));
-                ctx.progress().set_length(n as u64);
-                let ids: Vec<usize> = (0..n).collect();
-                let total = ids.chunks(p.batch).len();
-                let mine = ctx.shard().map_or(0..total, |s| s.range(total));
-                for chunk in ids.chunks(p.batch).skip(mine.start).take(mine.len()) {
+                let ids: Vec<usize> = ctx.shard_items(n, p.batch).collect();
+                ctx.progress().set_length(ids.len() as u64);
+                for chunk in ids.chunks(p.batch) {
                     ctx.check_cancelled()?;
                     let x = load_images(ds.as_ref(), chunk, p.res, p.threads)?;
                     let t = tch::no_grad(|| m.net.forward_tokens(&x.to_device(device)))?;

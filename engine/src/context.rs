@@ -75,6 +75,12 @@ impl Context {
         self.info.shard
     }
 
+    /// Which of `n` items, taken `batch` at a time, this node processes: all of them, or in
+    /// a part node its share of whole batches ([`crate::shard::Shard::items`]).
+    pub fn shard_items(&self, n: usize, batch: usize) -> std::ops::Range<usize> {
+        self.shard().map_or(0..n, |s| s.items(n, batch))
+    }
+
     /// In a combine node: the parts' stored `output`, in part order.
     pub fn parts(&self, output: &str) -> Result<Vec<&Artifact>, StageError> {
         if self.info.parts == 0 {

@@ -691,7 +691,7 @@ fn check_shard_count(plan: &Plan, store: &Store, i: usize, who: &str) -> Result<
             _ => None,
         };
         let Some(m) = recorded else {
-            record_shard_count(plan, store, i, &key, who, false)?;
+            record_shard_count(plan, store, i, whole, &key, who, false)?;
             continue;
         };
         if m == n as u64 {
@@ -707,11 +707,11 @@ fn check_shard_count(plan: &Plan, store: &Store, i: usize, who: &str) -> Result<
                     "`{whole}` is being computed in {m} parts ({holder} holds part {other}), \
                      but this worker was started as part {} of {n}: start every worker of a \
                      run with the same shard count",
-                    plan.shard.map_or(part.shard, |s| s)
+                    plan.shard.unwrap_or(part.shard)
                 )));
             }
         }
-        record_shard_count(plan, store, i, &key, who, true)?;
+        record_shard_count(plan, store, i, whole, &key, who, true)?;
         return Ok(());
     }
     Err(StageError::msg(format!(
@@ -720,10 +720,13 @@ fn check_shard_count(plan: &Plan, store: &Store, i: usize, who: &str) -> Result<
     )))
 }
 
+/// Records in the store that node `i`'s whole (named `whole`) is computed in its part's
+/// count of parts.
 fn record_shard_count(
     plan: &Plan,
     store: &Store,
     i: usize,
+    whole: &str,
     key: &str,
     who: &str,
     replace: bool,
@@ -737,12 +740,7 @@ fn record_shard_count(
     w.set_meta("by", who);
     let manifest = Manifest {
         key: key.to_string(),
-        node: node
-            .name
-            .split('[')
-            .next()
-            .unwrap_or(&node.name)
-            .to_string(),
+        node: whole.to_string(),
         kind: node.kind.clone(),
         output: "shard count".into(),
         ty: "shard_count".into(),

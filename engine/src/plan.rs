@@ -16,9 +16,9 @@ use serde_json::json;
 use crate::diag::{suggest, Diagnostic, Diagnostics};
 use crate::error::Error;
 use crate::section::{self, Section, Sections};
-use crate::shard::{part_key, part_port, Shard};
+use crate::shard::Shard;
 use crate::spec::{self, EpochSel, InputSpec, Spec, StageSpec};
-use crate::stage::{Configured, Mode, Port, Registry, Runnable};
+use crate::stage::{Configured, Mode, Port, Registry};
 
 /// One node of the unrolled graph.
 #[derive(Clone)]
@@ -926,7 +926,7 @@ fn check_streams(
 }
 
 /// Connected components over stream edges (union-find); each id is its smallest member.
-fn stream_groups(inputs: &[Vec<PlanInput>], n: usize) -> Vec<usize> {
+pub(crate) fn stream_groups(inputs: &[Vec<PlanInput>], n: usize) -> Vec<usize> {
     fn find(parent: &mut [usize], mut x: usize) -> usize {
         while parent[x] != x {
             parent[x] = parent[parent[x]];
@@ -946,193 +946,6 @@ fn stream_groups(inputs: &[Vec<PlanInput>], n: usize) -> Vec<usize> {
     (0..n).map(|i| find(&mut parent, i)).collect()
 }
 
-fn hash_hex(bytes: &[u8]) -> String {
+pub(crate) fn hash_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
-}
-
-impl Plan {
-    /// This plan as worker `shard` of a sharded run (see [`crate::shard`]): each stream
-    /// group whose stages are all [`crate::Stage::shardable`] and that stores something
-    /// becomes `shard.count` part groups plus a combine node per storing stage, which keeps
-    /// the stage's name and keys. Also returns, for the log, why groups with a shardable
-    /// stage run whole. The run is named NAME.shard-I-of-N. One part is the plan itself.
-    pub fn into_sharded(mut self, shard: Shard) -> (Plan, Vec<String>) {
-        let mut notes = Vec::new();
-        if shard.count == 1 {
-            return (self, notes);
-        }
-        let count = shard.count;
-        // Workers run at once, so each is a run of its own name; the run's own name stays
-        // free for the run that reads the joined result.
-        self.spec.name = format!("{}.shard-{}-of-{count}", self.spec.name, shard.index);
-        let mut why_not: BTreeMap<usize, String> = BTreeMap::new();
-        let mut some_can = std::collections::BTreeSet::new();
-        let mut stores = std::collections::BTreeSet::new();
-        for node in &self.nodes {
-            match node.configured.shardable() {
-                Ok(()) => {
-                    some_can.insert(node.group);
-                }
-                Err(r) => {
-                    why_not
-                        .entry(node.group)
-                        .or_insert(format!("`{}` runs whole: {r}", node.name));
-                }
-            }
-            if node.has_artifact_outputs() {
-                stores.insert(node.group);
-            }
-        }
-        for g in &some_can {
-            if let Some(r) = why_not.get(g) {
-                notes.push(r.clone());
-            }
-        }
-        let splits = |g: usize| stores.contains(&g) && !why_not.contains_key(&g);
-        let old = std::mem::take(&mut self.nodes);
-        let mut nodes: Vec<PlanNode> = Vec::with_capacity(old.len() * (count as usize + 1));
-        // The node that stands for old node i downstream (itself or its combine node), and
-        // its parts.
-        let mut whole: Vec<usize> = Vec::with_capacity(old.len());
-        let mut parts: Vec<Vec<usize>> = Vec::with_capacity(old.len());
-        for node in old {
-            let remap = |inputs: &[PlanInput], q: Option<u32>| -> Vec<PlanInput> {
-                inputs
-                    .iter()
-                    .map(|inp| {
-                        let mut inp = inp.clone();
-                        if let Some((p, _)) = &mut inp.source {
-                            *p = match q {
-                                Some(q) if inp.port.mode == Mode::Stream => parts[*p][q as usize],
-                                _ => whole[*p],
-                            };
-                        }
-                        inp
-                    })
-                    .collect()
-            };
-            if !splits(node.group) {
-                let mut n = node.clone();
-                n.inputs = remap(&node.inputs, None);
-                whole.push(nodes.len());
-                parts.push(Vec::new());
-                nodes.push(n);
-                continue;
-            }
-            let mut mine = Vec::with_capacity(count as usize);
-            for q in 0..count {
-                let part = Shard { index: q, count };
-                let key = part_key(&node.key, part);
-                let mut provenance = node.provenance.clone();
-                provenance["part"] = serde_json::json!({"of": node.key, "part": part.to_string()});
-                let output_keys = node
-                    .outputs
-                    .iter()
-                    .map(|p| {
-                        let k = hash_hex(format!("{key}/{}", p.name).as_bytes());
-                        (p.name.to_string(), k)
-                    })
-                    .collect();
-                mine.push(nodes.len());
-                nodes.push(PlanNode {
-                    name: format!("{}[part {part}]", node.name),
-                    inputs: remap(&node.inputs, Some(q)),
-                    key,
-                    output_keys,
-                    provenance,
-                    part: Some(PartOf {
-                        shard: part,
-                        key: node.key.clone(),
-                        group: node.group,
-                    }),
-                    ..node.clone()
-                });
-            }
-            let stored: Vec<Port> = node
-                .outputs
-                .iter()
-                .filter(|p| p.mode == Mode::Artifact)
-                .cloned()
-                .collect();
-            if stored.is_empty() {
-                // A pure stream producer: only its own group's parts read it.
-                whole.push(usize::MAX);
-            } else {
-                let mut inputs = Vec::new();
-                for (q, &pi) in mine.iter().enumerate() {
-                    for p in &stored {
-                        inputs.push(PlanInput {
-                            port: Port::artifact(part_port(q as u32, p.name), p.ty),
-                            source: Some((pi, p.name.to_string())),
-                        });
-                    }
-                }
-                whole.push(nodes.len());
-                let output_keys = node
-                    .output_keys
-                    .iter()
-                    .filter(|(name, _)| stored.iter().any(|p| p.name == name.as_str()))
-                    .map(|(a, b)| (a.clone(), b.clone()))
-                    .collect();
-                nodes.push(PlanNode {
-                    configured: Arc::new(Combining {
-                        inner: node.configured.clone(),
-                        inputs: inputs.iter().map(|i| i.port.clone()).collect(),
-                        outputs: stored.clone(),
-                    }),
-                    inputs,
-                    outputs: stored,
-                    output_keys,
-                    parts: count,
-                    ..node.clone()
-                });
-            }
-            parts.push(mine);
-        }
-        let inputs: Vec<Vec<PlanInput>> = nodes.iter().map(|n| n.inputs.clone()).collect();
-        let groups = stream_groups(&inputs, nodes.len());
-        for (node, g) in nodes.iter_mut().zip(groups) {
-            node.group = g;
-        }
-        self.nodes = nodes;
-        self.shard = Some(shard);
-        (self, notes)
-    }
-}
-
-/// A combine node's stage: the kind's [`crate::Stage::combine`] over the parts' outputs.
-struct Combining {
-    inner: Arc<dyn Configured>,
-    inputs: Vec<Port>,
-    outputs: Vec<Port>,
-}
-
-impl Configured for Combining {
-    fn canonical(&self) -> serde_json::Value {
-        self.inner.canonical()
-    }
-    fn files(&self) -> serde_json::Value {
-        self.inner.files()
-    }
-    fn inputs(&self) -> Vec<Port> {
-        self.inputs.clone()
-    }
-    fn outputs(&self) -> Vec<Port> {
-        self.outputs.clone()
-    }
-    fn seeded(&self) -> bool {
-        self.inner.seeded()
-    }
-    fn key_epoch(&self, epoch: u32) -> Option<u32> {
-        self.inner.key_epoch(epoch)
-    }
-    fn shardable(&self) -> Result<(), String> {
-        Err("it joins parts".into())
-    }
-    fn instantiate(&self) -> Box<dyn Runnable> {
-        self.inner.combiner()
-    }
-    fn combiner(&self) -> Box<dyn Runnable> {
-        self.inner.combiner()
-    }
 }

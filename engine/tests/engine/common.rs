@@ -98,10 +98,9 @@ impl Stage for Numbers {
     }
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
         let p = &self.0;
-        let total = p.count.div_ceil(p.batch) as usize;
-        let mine = ctx.shard().map_or(0..total, |s| s.range(total));
-        let mut i = p.start + mine.start as u64 * p.batch;
-        let end = (p.start + mine.end as u64 * p.batch).min(p.start + p.count);
+        let mine = ctx.shard_items(p.count as usize, p.batch as usize);
+        let mut i = p.start + mine.start as u64;
+        let end = p.start + mine.end as u64;
         while i < end {
             let n = p.batch.min(end - i);
             let v: Vec<u64> = (i..i + n).collect();
