@@ -219,10 +219,18 @@ impl Run {
         }
     }
 
-    /// The last epoch's evaluate metrics table (it holds every epoch's row).
+    /// The evaluate metrics table that holds every epoch's row: the end of the `history`
+    /// chain, which is the table with the most rows (the last epoch's, or a final evaluation
+    /// after the loop, which runs outside it and so sorts first by epoch).
     pub fn metrics(&self) -> Result<DataFrame, AnalysisError> {
-        let node = self.last_node("evaluate", "metrics")?;
-        read_table(&self.artifact(node, "metrics")?)
+        let mut best: Option<DataFrame> = None;
+        for node in self.nodes_with("evaluate", "metrics") {
+            let df = read_table(&self.artifact(node, "metrics")?)?;
+            if best.as_ref().is_none_or(|b| df.height() >= b.height()) {
+                best = Some(df);
+            }
+        }
+        best.ok_or_else(|| self.no_node("evaluate", "metrics"))
     }
 
     /// Every train node's per-step metrics, concatenated in epoch order.

@@ -356,11 +356,17 @@ impl Stage for Evaluate {
         }
 
         covered(seen, n, VAL_TOKENS.name)?;
-        let epoch = ctx.epoch().unwrap_or(0);
         let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
             ctx.input(HISTORY.name)?.read_all()?
         } else {
             Vec::new()
+        };
+        // Outside the loop, a final evaluation after it counts for the last epoch its history
+        // holds (its row sits beside that epoch's in-loop one, told apart by `predictor`);
+        // `eval0`, with no history, is epoch 0.
+        let epoch = match ctx.epoch() {
+            Some(e) => e,
+            None => tables::last_epoch(&history)?.unwrap_or(0),
         };
         let out = ctx.output(METRICS.name)?;
         for b in &history {

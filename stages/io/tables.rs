@@ -531,6 +531,16 @@ pub struct EpochMetrics<'a> {
 }
 
 /// The `metrics` table's row for one epoch.
+/// The largest `epoch` of metrics tables, if they have rows.
+pub fn last_epoch(metrics: &[RecordBatch]) -> Result<Option<u32>, StageError> {
+    let mut last = None;
+    for b in metrics {
+        let epochs = column::<UInt32Array>(b, "epoch")?;
+        last = last.max(epochs.iter().flatten().max());
+    }
+    Ok(last)
+}
+
 pub fn metrics_batch(m: &EpochMetrics) -> Result<RecordBatch, StageError> {
     let s = m.scores;
     let cols: Vec<ArrayRef> = vec![

@@ -524,3 +524,46 @@ fn hungarian_totals_match_scipy() {
         assert_eq!(ours, want, "{n}x{n} matrix");
     }
 }
+
+/// A final evaluation after the loop (outside it, reading the last epoch's network and
+/// metrics) counts for the last epoch, and its table, which holds every row, is the run's
+/// metrics, although it sorts first by epoch (regression: the last in-loop table was read).
+#[test]
+fn a_final_evaluation_after_the_loop_is_the_runs_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = tiny2()
+        .replace(
+            "      params: {res: 32, batch: 4, n_iter: 5}\n      inputs:\n        checkpoint: train.checkpoint",
+            "      params: {res: 32, batch: 4, predictor: dot_product, view: 1}\n      inputs:\n        centroids: kmeans.centroids\n        checkpoint: train.checkpoint",
+        )
+        .replace(
+            "loop:\n",
+            "  - name: final\n    kind: evaluate\n    params: {res: 32, batch: 4, n_iter: 5}\n    inputs: {checkpoint: train.checkpoint, history: evaluate.metrics}\nloop:\n",
+        );
+    assert!(yaml.contains("name: final") && yaml.contains("dot_product"));
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
+    let store_dir = dir.path().join("store");
+    let store = picie::Store::open(&store_dir).unwrap();
+    picie::run(&plan, &store, &Default::default()).unwrap();
+    let m = Run::open(&store_dir, "tiny2").unwrap().metrics().unwrap();
+    assert_eq!(u32s(&m, "epoch"), [0, 1, 2, 2]);
+    let predictors: Vec<&str> = m
+        .column("predictor")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        predictors,
+        [
+            "nearest_centroid",
+            "dot_product_view1",
+            "dot_product_view1",
+            "nearest_centroid"
+        ]
+    );
+}

@@ -901,3 +901,82 @@ fn evaluate_bn_mode_of_the_fresh_kmeans_pass() {
     let msg = format!("{err:#}");
     assert!(msg.contains("bn") && msg.contains("dot_product"), "{msg}");
 }
+
+/// `label.source: features` labels the clustering pass's stored features. When that pass
+/// ran in eval mode, it sees exactly what the release's labelling pass computes, so labels
+/// and weights are the same files byte for byte; with `bn: train` (the fast profile) they
+/// come from batch statistics and may differ. Sampled features are refused before work.
+#[test]
+fn labels_from_stored_features() {
+    let from_features = |yaml: &str| {
+        yaml.replace(
+            "      inputs:
+        batches: aug_label.batches
+        checkpoint: features.checkpoint
+        centroids: kmeans.centroids",
+            "      params: {source: features}
+      inputs:
+        features: features.features
+        centroids: kmeans.centroids",
+        )
+    };
+    let eval_mode = |yaml: &str| {
+        yaml.replace(
+            "    - name: features\n      kind: extract\n",
+            "    - name: features\n      kind: extract\n      params: {bn: eval}\n",
+        )
+        // Without a train-mode pass there is no updated checkpoint: train starts from the
+        // previous one, as the labelling pass does.
+        .replace(
+            "checkpoint: features.checkpoint",
+            "checkpoint: {from: train.checkpoint, epoch: prev, first: init.checkpoint}",
+        )
+    };
+    let pass = eval_mode(&tiny_pipeline("labels", 1));
+    let feats = eval_mode(&from_features(&tiny_pipeline("labels", 1)));
+    assert!(feats.contains("source: features") && pass.contains("bn: eval"));
+    let until = picie::RunOptions {
+        until: vec!["label@1".into()],
+        ..Default::default()
+    };
+    let (a, b) = (fixture(), fixture());
+    let (pa, pb) = (a.plan(&pass).unwrap(), b.plan(&feats).unwrap());
+    picie::run(&pa, &a.store(), &until).unwrap();
+    picie::run(&pb, &b.store(), &until).unwrap();
+    for output in ["labels", "weights"] {
+        assert_eq!(
+            file_hashes(&a.store(), &pa, "label@1", output),
+            file_hashes(&b.store(), &pb, "label@1", output),
+            "label@1.{output}: from stored features differs from the pass"
+        );
+    }
+
+    // Train mode: a whole epoch runs, and the labels are labels of every image and view.
+    let train_mode = from_features(&tiny_pipeline("labels-train", 1));
+    let c = fixture();
+    let (pc, _) = c.run(&train_mode).unwrap();
+    let labels = committed(&c.store(), &pc, "label@1", "labels");
+    for view in [1u8, 2] {
+        let map = picie::tables::read_labels(&labels, view, 3).unwrap();
+        assert_eq!(map.len(), 8, "view {view}");
+        assert!(map.values().all(|t| t.size() == [8, 8]));
+    }
+    assert_eq!(metric_rows(&c.store(), &pc, "evaluate@1").len(), 2);
+
+    // A per-image sample cannot be labelled whole.
+    let sampled = from_features(&tiny_pipeline("labels-sample", 1)).replace(
+        "    - name: features\n      kind: extract\n",
+        "    - name: features\n      kind: extract\n      params: {store: sample, sample_per_image: 10}\n",
+    );
+    let msg = format!(
+        "{:#}",
+        fixture()
+            .run(&sampled)
+            .err()
+            .unwrap_or_else(|| panic!("ran"))
+    );
+    assert!(
+        msg.contains("store: all") && msg.contains("sample"),
+        "{msg}"
+    );
+}
