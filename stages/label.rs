@@ -148,13 +148,7 @@ impl Stage for Label {
             }
             ctx.progress().inc(b.images.len() as u64);
         }
-        ctx.output(LABELS.name)?.set_meta("k", k);
-        for (i, c) in counts.iter().enumerate() {
-            let w = cluster_weights(c, self.0.weights);
-            ctx.output(WEIGHTS.name)?
-                .write(&tables::weights_batch(i as u8 + 1, c, &w)?)?;
-        }
-        Ok(())
+        self.write_weights(ctx, &counts, k)
     }
 }
 
@@ -241,6 +235,16 @@ impl Label {
             }
         }
         self.finish(ctx, open.take(), &mut counts, k)?;
+        self.write_weights(ctx, &counts, k)
+    }
+
+    /// Records K on the labels and writes each view's cluster counts and loss weights.
+    fn write_weights(
+        &self,
+        ctx: &mut Context,
+        counts: &[Vec<u64>; 2],
+        k: usize,
+    ) -> Result<(), StageError> {
         ctx.output(LABELS.name)?.set_meta("k", k);
         for (i, c) in counts.iter().enumerate() {
             let w = cluster_weights(c, self.0.weights);

@@ -31,6 +31,17 @@ fn names(df: &DataFrame) -> Vec<String> {
         .collect()
 }
 
+fn strs(df: &DataFrame, col: &str) -> Vec<String> {
+    df.column(col)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(String::from)
+        .collect()
+}
+
 fn u32s(df: &DataFrame, col: &str) -> Vec<u32> {
     df.column(col)
         .unwrap()
@@ -116,15 +127,7 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
             "per_class_iou"
         ]
     );
-    let bn: Vec<&str> = m
-        .column("kmeans_bn")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    assert_eq!(bn, ["train"; 3]);
+    assert_eq!(strs(&m, "kmeans_bn"), ["train"; 3]);
     assert_eq!(u32s(&m, "epoch"), [0, 1, 2]);
     let valid = u64s(&m, "valid_pixels");
     for v in &valid {
@@ -549,16 +552,8 @@ fn a_final_evaluation_after_the_loop_is_the_runs_metrics() {
     picie::run(&plan, &store, &Default::default()).unwrap();
     let m = Run::open(&store_dir, "tiny2").unwrap().metrics().unwrap();
     assert_eq!(u32s(&m, "epoch"), [0, 1, 2, 2]);
-    let predictors: Vec<&str> = m
-        .column("predictor")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
     assert_eq!(
-        predictors,
+        strs(&m, "predictor"),
         [
             "nearest_centroid",
             "dot_product_view1",
