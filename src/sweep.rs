@@ -55,8 +55,13 @@ struct Row {
     per_class: Vec<f64>,
 }
 
-fn rows(df: &DataFrame) -> Result<std::collections::BTreeMap<u32, Row>, AnalysisError> {
+/// Rows by (epoch, predictor): a final evaluation after the loop shares its epoch with
+/// that epoch's in-loop one, and the two protocols are not averaged together.
+type Rows = std::collections::BTreeMap<(u32, String), Row>;
+
+fn rows(df: &DataFrame) -> Result<Rows, AnalysisError> {
     let epoch = df.column("epoch")?.u32()?;
+    let predictor = df.column("predictor")?.str()?;
     let miou = df.column("miou")?.f64()?;
     let acc = df.column("pixel_accuracy")?.f64()?;
     let ious = df.column("per_class_iou")?.list()?;
@@ -74,7 +79,7 @@ fn rows(df: &DataFrame) -> Result<std::collections::BTreeMap<u32, Row>, Analysis
             })
             .unwrap_or_default();
         out.insert(
-            e,
+            (e, predictor.get(i).unwrap_or("").to_string()),
             Row {
                 miou: m,
                 accuracy: a,
@@ -96,7 +101,8 @@ pub fn mean_std(v: &[f64]) -> (f64, Option<f64>) {
     (mean, Some(var.sqrt()))
 }
 
-/// Per epoch that every seed evaluated: `epoch`, `seeds`, `miou_mean`, `miou_std`,
+/// Per epoch and predictor that every seed evaluated: `epoch`, `predictor`, `seeds`,
+/// `miou_mean`, `miou_std`,
 /// `pixel_accuracy_mean`, `pixel_accuracy_std`, `per_class_iou_mean`, `per_class_iou_std`
 /// (lists, one value per class). Stds are null with a single seed.
 pub fn aggregate(per_seed: &[DataFrame]) -> Result<DataFrame, AnalysisError> {
@@ -104,15 +110,16 @@ pub fn aggregate(per_seed: &[DataFrame]) -> Result<DataFrame, AnalysisError> {
         return Err(AnalysisError::Other("a sweep with no runs".into()));
     }
     let tables = per_seed.iter().map(rows).collect::<Result<Vec<_>, _>>()?;
-    let epochs: Vec<u32> = tables[0]
+    // In the first seed's row order: by epoch, then predictor.
+    let keys: Vec<(u32, String)> = tables[0]
         .keys()
-        .copied()
-        .filter(|e| tables.iter().all(|t| t.contains_key(e)))
+        .filter(|k| tables.iter().all(|t| t.contains_key(*k)))
+        .cloned()
         .collect();
     let (mut miou_m, mut miou_s, mut acc_m, mut acc_s) = (vec![], vec![], vec![], vec![]);
     let (mut pc_m, mut pc_s) = (Vec::<Series>::new(), Vec::<Series>::new());
-    for e in &epochs {
-        let at: Vec<&Row> = tables.iter().map(|t| &t[e]).collect();
+    for key in &keys {
+        let at: Vec<&Row> = tables.iter().map(|t| &t[key]).collect();
         let (m, s) = mean_std(&at.iter().map(|r| r.miou).collect::<Vec<_>>());
         miou_m.push(m);
         miou_s.push(s);
@@ -126,9 +133,11 @@ pub fn aggregate(per_seed: &[DataFrame]) -> Result<DataFrame, AnalysisError> {
         pc_m.push(Series::new("".into(), cm));
         pc_s.push(Series::new("".into(), cs));
     }
-    let n = vec![per_seed.len() as u32; epochs.len()];
+    let n = vec![per_seed.len() as u32; keys.len()];
+    let (epochs, predictors): (Vec<u32>, Vec<String>) = keys.into_iter().unzip();
     Ok(df!(
         "epoch" => epochs,
+        "predictor" => predictors,
         "seeds" => n,
         "miou_mean" => miou_m,
         "miou_std" => miou_s,
@@ -167,6 +176,7 @@ fn pm(mean: Option<f64>, std: Option<f64>) -> String {
 /// per-class IoU means, wrapped.
 pub fn summary_table(agg: &DataFrame, per_class: bool) -> Result<String, AnalysisError> {
     let epoch = agg.column("epoch")?.u32()?;
+    let predictor = agg.column("predictor")?.str()?;
     let seeds = agg.column("seeds")?.u32()?;
     let (mm, ms) = (
         agg.column("miou_mean")?.f64()?,
@@ -180,17 +190,18 @@ pub fn summary_table(agg: &DataFrame, per_class: bool) -> Result<String, Analysi
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>5}  {:>15}  {:>15}  {:>5}",
-        "epoch", "mIoU", "accuracy", "seeds"
+        "{:>5}  {:>15}  {:>15}  {:>5}  {:<20}",
+        "epoch", "mIoU", "accuracy", "seeds", "predictor"
     );
     for i in 0..agg.height() {
         let _ = writeln!(
             s,
-            "{:>5}  {:>15}  {:>15}  {:>5}",
+            "{:>5}  {:>15}  {:>15}  {:>5}  {:<20}",
             epoch.get(i).map_or_else(|| "-".into(), |e| e.to_string()),
             pm(mm.get(i), ms.get(i)),
             pm(am.get(i), as_.get(i)),
             seeds.get(i).map_or_else(|| "-".into(), |n| n.to_string()),
+            predictor.get(i).unwrap_or("-"),
         );
         if !per_class {
             continue;
@@ -248,6 +259,7 @@ mod tests {
             .collect();
         df!(
             "epoch" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "predictor" => vec!["nearest_centroid"; rows.len()],
             "pixel_accuracy" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
             "miou" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
             "per_class_iou" => pc,
@@ -291,6 +303,40 @@ mod tests {
         let s = summary_table(&agg, true).unwrap();
         assert!(s.contains("25.00 ± 7.07"), "{s}");
         assert!(s.lines().all(|l| l.chars().count() <= SUMMARY_WIDTH), "{s}");
+    }
+
+    /// A final evaluation after the loop shares the last epoch with the in-loop one: the two
+    /// protocols stay apart (regression: the later row replaced the earlier).
+    #[test]
+    fn protocols_of_one_epoch_are_not_mixed() {
+        let seed = |dot: f64, fin: f64| {
+            let mut df = metrics(&[
+                (0, 50.0, 10.0, [1.0, 3.0]),
+                (1, 50.0, dot, [1.0, 3.0]),
+                (1, 50.0, fin, [1.0, 3.0]),
+            ]);
+            let p = Column::new(
+                "predictor".into(),
+                ["nearest_centroid", "dot_product_view1", "nearest_centroid"],
+            );
+            df.with_column(p).unwrap();
+            df
+        };
+        let agg = aggregate(&[seed(20.0, 30.0), seed(22.0, 34.0)]).unwrap();
+        assert_eq!(agg.height(), 3);
+        let miou: Vec<Option<f64>> = agg
+            .column("miou_mean")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(miou, [Some(10.0), Some(21.0), Some(32.0)]);
+        let s = summary_table(&agg, false).unwrap();
+        assert!(
+            s.contains("dot_product_view1") && s.contains("32.00 ± 2.83"),
+            "{s}"
+        );
     }
 
     #[test]
