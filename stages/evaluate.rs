@@ -174,6 +174,41 @@ impl Stage for Evaluate {
         e
     }
     const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
+    /// With trained centroids (`dot_product`) evaluation is one pass over the val images:
+    /// parts count their images' confusion, the join adds the counts (integers, so the
+    /// same as one process) and scores them.
+    fn shardable(p: &EvaluateParams) -> Result<(), String> {
+        match p.predictor {
+            Predictor::DotProduct => Ok(()),
+            Predictor::NearestCentroid => Err(
+                "its fresh k-means needs every training image's features before the first \
+                 val image is predicted"
+                    .into(),
+            ),
+        }
+    }
+    fn combine(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
+        let mut conf: Option<Confusion> = None;
+        for part in ctx.parts(CONFUSION.name)? {
+            let c = tables::read_confusion(part)?;
+            match conf.as_mut() {
+                None => conf = Some(c),
+                Some(total) => total.merge(&c)?,
+            }
+        }
+        let conf = conf.ok_or_else(|| StageError::msg("no parts to join"))?;
+        // Every part predicted with the same centroids: the first part's are the run's.
+        let centroids = ctx.parts(CENTROIDS.name)?[0].read_all()?;
+        let k = centroids.iter().map(|b| b.num_rows()).sum::<usize>();
+        let c_out = ctx.output(CENTROIDS.name)?;
+        for b in &centroids {
+            c_out.write(b)?;
+        }
+        c_out.set_meta("k", k);
+        let val = ctx.dataset()?.clone().open(Split::Val)?;
+        let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
+        score(ctx, p, &conf, &is_thing, p.kmeans_bn(), None)
+    }
     fn new(p: EvaluateParams) -> Self {
         Self(p)
     }
@@ -251,7 +286,7 @@ impl Stage for Evaluate {
                 }
                 let train_tokens = open_tokens(ctx, TRAIN_TOKENS.name, digest.as_deref())?;
                 let mut seen = 0;
-                for item in passes(train_tokens.as_ref(), &ids, p.batch, n) {
+                for item in passes(train_tokens.as_ref(), &ids, p.batch, 0..n) {
                     ctx.check_cancelled()?;
                     let (chunk, tokens) = item?;
                     seen += chunk.len();
@@ -305,11 +340,13 @@ impl Stage for Evaluate {
         let n = p.val_limit.map_or(val.len(), |l| l.min(val.len()));
         let mut conf = Confusion::new(classes, k)?;
         let mut cluster_px = vec![0u64; k];
-        let ids: Vec<usize> = (0..n).collect();
-        ctx.progress().set_length(n as u64);
+        // A part predicts its share of the val images (whole batches).
+        let want = ctx.shard_items(n, p.batch);
+        let ids: Vec<usize> = want.clone().collect();
+        ctx.progress().set_length(ids.len() as u64);
         let val_tokens = open_tokens(ctx, VAL_TOKENS.name, digest.as_deref())?;
         let mut seen = 0;
-        for item in passes(val_tokens.as_ref(), &ids, p.batch, n) {
+        for item in passes(val_tokens.as_ref(), &ids, p.batch, want) {
             ctx.check_cancelled()?;
             let (chunk, tokens) = item?;
             seen += chunk.len();
@@ -355,57 +392,77 @@ impl Stage for Evaluate {
             ctx.progress().inc(chunk.len() as u64);
         }
 
-        covered(seen, n, VAL_TOKENS.name)?;
-        let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
-            ctx.input(HISTORY.name)?.read_all()?
-        } else {
-            Vec::new()
-        };
-        // Outside the loop, a final evaluation after it counts for the last epoch its history
-        // holds (its row sits beside that epoch's in-loop one, told apart by `predictor`);
-        // `eval0`, with no history, is epoch 0.
-        let epoch = match ctx.epoch() {
-            Some(e) => e,
-            None => tables::last_epoch(&history)?.unwrap_or(0),
-        };
-        let out = ctx.output(METRICS.name)?;
-        for b in &history {
-            out.write(&tables::with_metrics_schema(b)?)?;
-        }
-        if conf.total() == 0 {
-            // No masks: say what the clusters look like instead of failing.
-            info!("epoch {epoch}: no validation masks; pixels per cluster: {cluster_px:?}");
+        covered(seen, ids.len(), VAL_TOKENS.name)?;
+        if ctx.shard().is_some() {
+            // A part: its images' counts; the join adds them up and scores them.
+            ctx.output(CONFUSION.name)?
+                .write(&tables::confusion_batch(&conf)?)?;
             return Ok(());
         }
         let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
-        let matching = match p.matching {
-            MatchingParam::Hungarian => Matching::Hungarian,
-            MatchingParam::Majority => Matching::Majority,
-        };
-        let (mt, _assign) = metrics::evaluate(&conf, matching, is_thing.as_deref())?;
-        let predictor = match p.predictor {
-            Predictor::NearestCentroid => "nearest_centroid".to_string(),
-            Predictor::DotProduct => format!("dot_product_view{}", p.view),
-        };
-        let bn_note = bn.map_or(String::new(), |b| format!(", BatchNorm {}", b.as_str()));
-        info!(
-            "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor}{bn_note})",
-            mt.miou, mt.pixel_accuracy
-        );
-        out.write(&tables::metrics_batch(&EpochMetrics {
-            epoch,
-            predictor: &predictor,
-            k: k as u32,
-            scores: &mt,
-            kmeans_bn: bn.map(BnMode::as_str),
-        })?)?;
-        out.set_meta("miou", mt.miou);
-        out.set_meta("pixel_accuracy", mt.pixel_accuracy);
-
-        let conf_out = ctx.output(CONFUSION.name)?;
-        conf_out.write(&tables::confusion_batch(&conf)?)?;
-        Ok(())
+        score(ctx, &p, &conf, &is_thing, bn, Some(&cluster_px))
     }
+}
+
+/// Matches clusters to classes and writes the metrics (the history's rows, then this
+/// epoch's) and the confusion counts.
+fn score(
+    ctx: &mut Context,
+    p: &EvaluateParams,
+    conf: &Confusion,
+    is_thing: &Option<Vec<bool>>,
+    bn: Option<BnMode>,
+    cluster_px: Option<&[u64]>,
+) -> Result<(), StageError> {
+    let k = conf.clusters();
+    let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
+        ctx.input(HISTORY.name)?.read_all()?
+    } else {
+        Vec::new()
+    };
+    // Outside the loop, a final evaluation after it counts for the last epoch its history
+    // holds (its row sits beside that epoch's in-loop one, told apart by `predictor`);
+    // `eval0`, with no history, is epoch 0.
+    let epoch = match ctx.epoch() {
+        Some(e) => e,
+        None => tables::last_epoch(&history)?.unwrap_or(0),
+    };
+    let out = ctx.output(METRICS.name)?;
+    for b in &history {
+        out.write(&tables::with_metrics_schema(b)?)?;
+    }
+    if conf.total() == 0 {
+        // No masks: say what the clusters look like instead of failing.
+        info!("epoch {epoch}: no validation masks; pixels per cluster: {cluster_px:?}");
+        return Ok(());
+    }
+    let matching = match p.matching {
+        MatchingParam::Hungarian => Matching::Hungarian,
+        MatchingParam::Majority => Matching::Majority,
+    };
+    let (mt, _assign) = metrics::evaluate(conf, matching, is_thing.as_deref())?;
+    let predictor = match p.predictor {
+        Predictor::NearestCentroid => "nearest_centroid".to_string(),
+        Predictor::DotProduct => format!("dot_product_view{}", p.view),
+    };
+    let bn_note = bn.map_or(String::new(), |b| format!(", BatchNorm {}", b.as_str()));
+    info!(
+        "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor}{bn_note})",
+        mt.miou, mt.pixel_accuracy
+    );
+    out.write(&tables::metrics_batch(&EpochMetrics {
+        epoch,
+        predictor: &predictor,
+        k: k as u32,
+        scores: &mt,
+        kmeans_bn: bn.map(BnMode::as_str),
+    })?)?;
+    out.set_meta("miou", mt.miou);
+    out.set_meta("pixel_accuracy", mt.pixel_accuracy);
+
+    let conf_out = ctx.output(CONFUSION.name)?;
+    conf_out.write(&tables::confusion_batch(conf)?)?;
+    Ok(())
 }
 
 /// A frozen backbone's stored evaluation tokens, when `port` is wired: checked against the
@@ -426,20 +483,20 @@ fn open_tokens(
 /// One batch of a pass: image ids, and their stored tokens when there are any.
 type PassBatch = Result<(Vec<usize>, Option<Tensor>), StageError>;
 
-/// The batches of one pass: (image ids, their tokens) from stored tokens, keeping the first
-/// `n` images; or `ids` in chunks of `batch`, for the network to run on.
+/// The batches of one pass: (image ids, their tokens) from stored tokens, keeping the images
+/// in `want`; or `ids` in chunks of `batch`, for the network to run on.
 fn passes<'a>(
     tokens: Option<&'a Tokens>,
     ids: &'a [usize],
     batch: usize,
-    n: usize,
+    want: std::ops::Range<usize>,
 ) -> Box<dyn Iterator<Item = PassBatch> + 'a> {
     match tokens {
         Some(t) => Box::new(t.eval_batches().filter_map(move |r| match r {
             Err(e) => Some(Err(e)),
             Ok((got, t)) => {
                 let keep: Vec<i64> = (0..got.len() as i64)
-                    .filter(|&j| got[j as usize] < n)
+                    .filter(|&j| want.contains(&got[j as usize]))
                     .collect();
                 (!keep.is_empty()).then(|| {
                     let chunk = keep.iter().map(|&j| got[j as usize]).collect();

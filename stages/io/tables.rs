@@ -609,6 +609,32 @@ pub fn confusion_batch(conf: &Confusion) -> Result<RecordBatch, StageError> {
     )?)
 }
 
+/// A `confusion` table read back (class, cluster, pixels), its shape from the largest ids.
+pub fn read_confusion(a: &Artifact) -> Result<Confusion, StageError> {
+    let mut rows = Vec::new();
+    for b in a.batches() {
+        let b = b?;
+        let class = column::<UInt32Array>(&b, "class")?;
+        let cluster = column::<UInt32Array>(&b, "cluster")?;
+        let pixels = column::<UInt64Array>(&b, "pixels")?;
+        for i in 0..b.num_rows() {
+            rows.push((
+                class.value(i) as usize,
+                cluster.value(i) as usize,
+                pixels.value(i),
+            ));
+        }
+    }
+    let classes = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+    let clusters = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
+    let mut counts = vec![0u64; classes * clusters];
+    for (g, c, n) in rows {
+        counts[g * clusters + c] += n;
+    }
+    Confusion::from_counts(classes, clusters, counts)
+        .map_err(|e| StageError::msg(format!("confusion table: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,7 +267,7 @@ fn a_seed_sweep_reuses_single_runs_and_reports_mean_and_std() {
         .lines()
         .position(|l| {
             l.split_whitespace()
-                .eq(["epoch", "mIoU", "accuracy", "seeds"])
+                .eq(["epoch", "mIoU", "accuracy", "seeds", "predictor"])
         })
         .unwrap_or_else(|| panic!("no sweep summary in {t}"));
     let row = t.lines().nth(header + 2).unwrap();
@@ -275,7 +275,7 @@ fn a_seed_sweep_reuses_single_runs_and_reports_mean_and_std() {
         row.trim_start().starts_with('1') && row.matches(" ± ").count() == 2,
         "{t}"
     );
-    assert!(row.trim_end().ends_with('2'), "{t}");
+    assert!(row.trim_end().ends_with("2  nearest_centroid"), "{t}");
     assert!(dir
         .path()
         .join("store/runs/tiny-seeds/metrics.parquet")

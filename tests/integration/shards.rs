@@ -105,10 +105,16 @@ pub(crate) fn assert_same_artifacts(one: &Path, many: &Path, name: &str) -> Vec<
             compared.push(what);
         }
     }
-    assert!(
-        compared.iter().any(|c| c == "features.features"),
-        "features.features not compared: {compared:?}"
-    );
+    for what in [
+        "features.features",
+        "evaluate.confusion",
+        "evaluate.metrics",
+    ] {
+        assert!(
+            compared.iter().any(|c| c == what),
+            "{what} not compared: {compared:?}"
+        );
+    }
     compared
 }
 
@@ -171,6 +177,7 @@ fn worker_processes_store_the_bytes_of_one_process() {
             "{all}"
         );
         assert!(all.contains("label finished"), "{all}");
+        assert!(all.contains("evaluate finished"), "{all}");
         // The run that reads the result finds every node joined.
         let reader = finish(picie(
             dir,
@@ -227,10 +234,15 @@ fn a_workers_plan_shows_its_parts_and_what_runs_whole() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
-        t.contains("shard 1/3: 4 node(s) computed in 3 parts"),
+        t.contains("shard 1/3: 5 node(s) computed in 3 parts"),
         "{t}"
     );
-    for part in ["aug[part 0/3]", "features[part 2/3]", "label[part 1/3]"] {
+    for part in [
+        "aug[part 0/3]",
+        "features[part 2/3]",
+        "label[part 1/3]",
+        "evaluate[part 0/3]",
+    ] {
         assert!(t.contains(part), "{part}: {t}");
     }
     // k-means does not run in parts: it appears once, under its own name.
