@@ -434,19 +434,13 @@ pub(crate) fn confusion_of(df: &DataFrame) -> Result<Confusion, AnalysisError> {
     let class = df.column("class")?.u32()?;
     let cluster = df.column("cluster")?.u32()?;
     let pixels = df.column("pixels")?.u64()?;
-    let rows: Vec<(u32, u32, u64)> = class
+    let rows: Vec<(usize, usize, u64)> = class
         .iter()
         .zip(cluster.iter())
         .zip(pixels.iter())
-        .filter_map(|((a, b), c)| Some((a?, b?, c?)))
+        .filter_map(|((a, b), c)| Some((a? as usize, b? as usize, c?)))
         .collect();
-    let classes = rows.iter().map(|r| r.0 as usize + 1).max().unwrap_or(0);
-    let clusters = rows.iter().map(|r| r.1 as usize + 1).max().unwrap_or(0);
-    let mut counts = vec![0u64; classes * clusters];
-    for (g, c, n) in rows {
-        counts[g as usize * clusters + c as usize] += n;
-    }
-    Ok(Confusion::from_counts(classes, clusters, counts)?)
+    Ok(Confusion::from_rows(&rows)?)
 }
 
 /// One image's pseudo-labels of one view.

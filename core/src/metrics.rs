@@ -100,6 +100,18 @@ impl Confusion {
         })
     }
 
+    /// Histogram from (class, cluster, pixels) rows, as a stored `confusion` table holds
+    /// them: the shape is the largest ids plus one, and repeated cells add up.
+    pub fn from_rows(rows: &[(usize, usize, u64)]) -> Result<Self, MetricsError> {
+        let classes = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+        let clusters = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
+        let mut counts = vec![0u64; classes * clusters];
+        for &(g, c, n) in rows {
+            counts[g * clusters + c] += n;
+        }
+        Self::from_counts(classes, clusters, counts)
+    }
+
     /// Accumulate one image (or batch) of labels and predictions.
     ///
     /// Pixels whose label equals `ignore_index` are skipped. Predictions are checked
@@ -621,6 +633,11 @@ mod tests {
         assert!(msg(Confusion::from_counts(2, 2, vec![1, 2, 3])).contains("length 3"));
         let r = Confusion::from_counts(1, 2, vec![u64::MAX, 1]);
         assert_eq!(r.unwrap_err(), MetricsError::Overflow);
+        // Table rows: the shape from the largest ids, repeated cells added, none is empty.
+        let t = Confusion::from_rows(&[(0, 0, 2), (1, 2, 5), (0, 0, 1)]).unwrap();
+        assert_eq!((t.classes(), t.clusters()), (2, 3));
+        assert_eq!(t.as_slice(), [3, 0, 0, 0, 0, 5]);
+        assert!(Confusion::from_rows(&[]).is_err());
         // Hungarian with fewer clusters than classes.
         let few = conf(&[&[1, 0], &[0, 1], &[1, 1]]);
         let r = evaluate(&few, Matching::Hungarian, None);

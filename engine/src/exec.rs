@@ -382,19 +382,24 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                     let members: Vec<usize> = (0..n)
                         .filter(|&i| running[i] && !started_nodes[i] && plan.nodes[i].group == g)
                         .collect();
-                    let claimed = match claim_group(plan, store, &members, &who) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // The claims folder is unusable: nothing can be run safely.
+                    // The store failed while this group was being taken: the group fails
+                    // and nothing more is started.
+                    macro_rules! fail_and_stop {
+                        ($e:expr) => {{
                             fail_group(
                                 members[0],
-                                e,
+                                $e,
                                 &mut outcomes,
                                 &mut first_error,
                                 &mut cancel_tx,
                             );
                             break;
-                        }
+                        }};
+                    }
+                    let claimed = match claim_group(plan, store, &members, &who) {
+                        Ok(c) => c,
+                        // The claims folder is unusable: nothing can be run safely.
+                        Err(e) => fail_and_stop!(e),
                     };
                     match claimed {
                         Err(holder) => {
@@ -413,16 +418,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                         Ok(held) => {
                             let done = match committed_elsewhere(plan, store, &members, &forced) {
                                 Ok(done) => done,
-                                Err(e) => {
-                                    fail_group(
-                                        members[0],
-                                        e,
-                                        &mut outcomes,
-                                        &mut first_error,
-                                        &mut cancel_tx,
-                                    );
-                                    break;
-                                }
+                                Err(e) => fail_and_stop!(e),
                             };
                             if let Some(done) = done {
                                 for (i, arts) in done {
@@ -437,14 +433,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                                     .iter()
                                     .try_for_each(|&i| check_shard_count(plan, store, i, &who));
                                 if let Err(e) = counted {
-                                    fail_group(
-                                        members[0],
-                                        e,
-                                        &mut outcomes,
-                                        &mut first_error,
-                                        &mut cancel_tx,
-                                    );
-                                    break;
+                                    fail_and_stop!(e);
                                 }
                                 for (i, c) in held {
                                     claims[i] = Some(c);

@@ -609,7 +609,7 @@ pub fn confusion_batch(conf: &Confusion) -> Result<RecordBatch, StageError> {
     )?)
 }
 
-/// A `confusion` table read back (class, cluster, pixels), its shape from the largest ids.
+/// A `confusion` table read back (class, cluster, pixels).
 pub fn read_confusion(a: &Artifact) -> Result<Confusion, StageError> {
     let mut rows = Vec::new();
     for b in a.batches() {
@@ -625,14 +625,7 @@ pub fn read_confusion(a: &Artifact) -> Result<Confusion, StageError> {
             ));
         }
     }
-    let classes = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-    let clusters = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
-    let mut counts = vec![0u64; classes * clusters];
-    for (g, c, n) in rows {
-        counts[g * clusters + c] += n;
-    }
-    Confusion::from_counts(classes, clusters, counts)
-        .map_err(|e| StageError::msg(format!("confusion table: {e}")))
+    Confusion::from_rows(&rows).map_err(|e| StageError::msg(format!("confusion table: {e}")))
 }
 
 #[cfg(test)]
