@@ -471,11 +471,25 @@ fn shard_arg(arg: Option<&str>) -> Result<Option<Shard>> {
 fn sharded(plan: Plan, shard: Shard, quiet: bool) -> Plan {
     let (plan, notes) = plan.into_sharded(shard);
     if !quiet {
-        let parts = plan.nodes.iter().filter(|n| n.parts > 0).count();
+        let joined = || {
+            plan.nodes
+                .iter()
+                .filter(|n| n.parts > 0 && !n.is_between_rounds())
+        };
         println!(
-            "shard {shard}: {parts} node(s) computed in {} parts (run `{}`)",
-            shard.count, plan.spec.name
+            "shard {shard}: {} node(s) computed in {} parts (run `{}`)",
+            joined().count(),
+            shard.count,
+            plan.spec.name
         );
+        for n in joined() {
+            if let Some((_, rounds)) = n.round {
+                println!(
+                    "shard {shard}: `{}` runs in {rounds} rounds of parts",
+                    n.name
+                );
+            }
+        }
         for n in notes {
             println!("shard {shard}: {n}");
         }

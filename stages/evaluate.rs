@@ -16,6 +16,11 @@
 //! says which ran. The metrics of earlier epochs come in through `history`, so one
 //! table holds them all. The centroids the predictions used are stored too (`centroids`),
 //! so `picie report` draws exactly the evaluated predictions.
+//!
+//! Sharded: `dot_product` splits the val images. The fresh k-means with `bn: eval` runs in
+//! two rounds: the parts store their share of the training features and the first join fits
+//! k-means on them in order; the parts then predict their share of val with those centroids
+//! and the second join adds their confusion counts. `bn: train` runs whole.
 
 use arrow::array::RecordBatch;
 use rand::seq::SliceRandom;
@@ -25,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tracing::info;
 
-use crate::io::checkpoint;
+use crate::io::checkpoint::{self, Loaded};
+use crate::io::lloyd_rounds;
 use crate::io::ports::{
     CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS, TRAIN_TOKENS, VAL_TOKENS,
 };
@@ -39,6 +45,7 @@ use picie_core::model::BnMode;
 use picie_core::predict::{predict, Predictor};
 use picie_core::transforms::geometric::to_tensor_normalised;
 use picie_engine::error::StageFailure;
+use picie_engine::shard::{ROUND_STATE, ROUND_STATS};
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,25 +185,30 @@ impl Stage for Evaluate {
     /// parts count their images' confusion, the join adds the counts (integers, so the
     /// same as one process) and scores them.
     fn shardable(p: &EvaluateParams) -> Result<(), String> {
-        match p.predictor {
-            Predictor::DotProduct => Ok(()),
-            Predictor::NearestCentroid => Err(
-                "its fresh k-means needs every training image's features before the first \
-                 val image is predicted"
+        match p.kmeans_bn() {
+            None | Some(BnMode::Eval) => Ok(()),
+            Some(BnMode::Train) => Err(
+                "its fresh k-means pass runs BatchNorm in train mode over shuffled batches, \
+                 as released, which does not split (`bn: eval` does)"
                     .into(),
             ),
         }
     }
-    fn combine(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
-        let mut conf: Option<Confusion> = None;
-        for part in ctx.parts(CONFUSION.name)? {
-            let c = tables::read_confusion(part)?;
-            match conf.as_mut() {
-                None => conf = Some(c),
-                Some(total) => total.merge(&c)?,
-            }
+    /// The fresh k-means: its features, then val with its centroids.
+    fn rounds(p: &EvaluateParams) -> u32 {
+        if p.kmeans_bn().is_some() {
+            2
+        } else {
+            1
         }
-        let conf = conf.ok_or_else(|| StageError::msg("no parts to join"))?;
+    }
+    fn combine(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
+        match ctx.round() {
+            Some((0, _)) => return fit_parts(p, ctx),
+            Some(_) => return score_parts(p, ctx),
+            None => {}
+        }
+        let conf = summed_confusion(ctx, CONFUSION.name)?;
         // Every part predicted with the same centroids: the first part's are the run's.
         let centroids = ctx.parts(CENTROIDS.name)?[0].read_all()?;
         let k = centroids.iter().map(|b| b.num_rows()).sum::<usize>();
@@ -262,73 +274,39 @@ impl Stage for Evaluate {
             )));
         }
 
-        let (centroids, counts) = match trained {
-            Some(c) => c,
-            None => {
-                let train = data.open(Split::Train)?;
-                let n = p.train_limit.map_or(train.len(), |l| l.min(train.len()));
-                let cfg = KmeansConfig {
-                    k,
-                    n_iter: p.n_iter,
-                    seed: ctx.seed(),
-                    ..KmeansConfig::default()
-                };
-                // Lloyd keeps every feature; mini-batch folds them in as they come.
-                let mut feats: Vec<Tensor> = Vec::new();
-                let mut online = (p.mode == KmeansMode::Minibatch)
-                    .then(|| Online::new(1, &cfg, p.init_rows, p.batch_rows, device));
-                let mut stats = Vec::new();
-                let mut ids: Vec<usize> = (0..n).collect();
-                if train_bn {
-                    // The release's loader shuffles: batch statistics of consecutive video
-                    // frames would be far from the data set's.
-                    ids.shuffle(&mut shuffle_rng(ctx.seed(), ctx.epoch().unwrap_or(0)));
+        let (centroids, counts) = match (trained, ctx.round()) {
+            (Some(c), _) => c,
+            // A part of the second round: the centroids the first round's join fitted.
+            (None, Some((1, _))) => {
+                let (c, counts) = tables::read_centroids(ctx.input(ROUND_STATE.name)?, 1)?;
+                (c.to_device(device), counts)
+            }
+            (None, round) => {
+                let cfg = fresh_config(&p, k, ctx.seed());
+                if round.is_some() {
+                    // A part of the first round: its share of the training features.
+                    ctx.output(ROUND_STATS.name)?.use_ipc();
+                    let images = train_pass(ctx, &m, &p, digest.as_deref(), &mut |ctx, rows| {
+                        ctx.output(ROUND_STATS.name)?
+                            .write(&lloyd_rounds::rows_batch(&rows)?)
+                    })?;
+                    ctx.output(ROUND_STATS.name)?.set_meta("images", images);
+                    return Ok(());
                 }
-                let train_tokens = open_tokens(ctx, TRAIN_TOKENS.name, digest.as_deref())?;
-                let mut seen = 0;
-                for item in passes(train_tokens.as_ref(), &ids, p.batch, 0..n) {
-                    ctx.check_cancelled()?;
-                    let (chunk, tokens) = item?;
-                    seen += chunk.len();
-                    let z = match tokens {
-                        Some(t) => tch::no_grad(|| m.net.forward_head(&t))?,
-                        None => {
-                            let x = load_images(train.as_ref(), &chunk, p.res, p.threads)?;
-                            tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?
-                        }
-                    };
-                    let d = z.size()[1];
-                    let rows = z.permute([0, 2, 3, 1]).reshape([-1, d]);
-                    match online.as_mut() {
-                        Some(o) => o.push(rows, &mut stats)?,
-                        None => feats.push(rows),
-                    }
-                }
-                covered(seen, n, TRAIN_TOKENS.name)?;
-                match online {
-                    Some(o) => o.finish(&mut stats)?,
-                    None => {
-                        let fit = kmeans::lloyd(
-                            || {
-                                feats
-                                    .iter()
-                                    .map(|t| Ok::<_, StageFailure>(t.shallow_clone()))
-                            },
-                            &cfg,
-                            device,
-                        )?;
-                        (
-                            fit.kmeans.centroids().shallow_clone(),
-                            fit.kmeans.counts().to_vec(),
-                        )
-                    }
-                }
+                let mut fresh = Fresh::new(&p, &cfg, device);
+                let images = train_pass(ctx, &m, &p, digest.as_deref(), &mut |_, rows| {
+                    fresh.push(rows)
+                })?;
+                covered(images, train_images(ctx, &p)?, TRAIN_TOKENS.name)?;
+                fresh.finish(&cfg, device)?
             }
         };
         m.net.check_centroids(&centroids)?;
-        let c_out = ctx.output(CENTROIDS.name)?;
-        c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
-        c_out.set_meta("k", counts.len());
+        if ctx.round().is_none() {
+            let c_out = ctx.output(CENTROIDS.name)?;
+            c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
+            c_out.set_meta("k", counts.len());
+        }
         if train_bn {
             // Only the network: the optimizer state is not what predicted.
             m.adam = None;
@@ -346,7 +324,7 @@ impl Stage for Evaluate {
         ctx.progress().set_length(ids.len() as u64);
         let val_tokens = open_tokens(ctx, VAL_TOKENS.name, digest.as_deref())?;
         let mut seen = 0;
-        for item in passes(val_tokens.as_ref(), &ids, p.batch, want) {
+        for item in passes(val_tokens.as_ref(), &ids, p.batch, want, 0..usize::MAX) {
             ctx.check_cancelled()?;
             let (chunk, tokens) = item?;
             seen += chunk.len();
@@ -395,13 +373,175 @@ impl Stage for Evaluate {
         covered(seen, ids.len(), VAL_TOKENS.name)?;
         if ctx.shard().is_some() {
             // A part: its images' counts; the join adds them up and scores them.
-            ctx.output(CONFUSION.name)?
-                .write(&tables::confusion_batch(&conf)?)?;
+            let out = match ctx.round() {
+                Some(_) => ROUND_STATS.name,
+                None => CONFUSION.name,
+            };
+            ctx.output(out)?.write(&tables::confusion_batch(&conf)?)?;
             return Ok(());
         }
         let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
         score(ctx, &p, &conf, &is_thing, bn, Some(&cluster_px))
     }
+}
+
+/// The fresh k-means's settings.
+fn fresh_config(p: &EvaluateParams, k: usize, seed: u64) -> KmeansConfig {
+    KmeansConfig {
+        k,
+        n_iter: p.n_iter,
+        seed,
+        ..KmeansConfig::default()
+    }
+}
+
+/// How many training images the fresh k-means pass covers.
+fn train_images(ctx: &Context, p: &EvaluateParams) -> Result<usize, StageError> {
+    let n = ctx.dataset()?.clone().open(Split::Train)?.len();
+    Ok(p.train_limit.map_or(n, |l| l.min(n)))
+}
+
+/// The fresh k-means pass over the training images (a part: its share of whole batches, or
+/// of the stored tokens' batches), each batch's pixel features as rows to `sink`; returns
+/// the images seen.
+fn train_pass(
+    ctx: &mut Context,
+    m: &Loaded,
+    p: &EvaluateParams,
+    digest: Option<&str>,
+    sink: &mut dyn FnMut(&mut Context, Tensor) -> Result<(), StageError>,
+) -> Result<usize, StageError> {
+    let device = ctx.device().tch();
+    let train_bn = p.kmeans_bn() == Some(BnMode::Train);
+    let train = ctx.dataset()?.clone().open(Split::Train)?;
+    let n = train_images(ctx, p)?;
+    let mut ids: Vec<usize> = ctx.shard_items(n, p.batch).collect();
+    if train_bn {
+        // The release's loader shuffles: batch statistics of consecutive video frames would
+        // be far from the data set's.
+        ids.shuffle(&mut shuffle_rng(ctx.seed(), ctx.epoch().unwrap_or(0)));
+    }
+    let tokens = open_tokens(ctx, TRAIN_TOKENS.name, digest)?;
+    // With stored tokens a part takes whole written batches, so its rows come in the
+    // chunks one process sees.
+    let batches = match (&tokens, ctx.shard()) {
+        (Some(t), Some(s)) => s.range(t.batch_count()?),
+        _ => 0..usize::MAX,
+    };
+    let mut seen = 0;
+    for item in passes(tokens.as_ref(), &ids, p.batch, 0..n, batches) {
+        ctx.check_cancelled()?;
+        let (chunk, tokens) = item?;
+        seen += chunk.len();
+        let z = match tokens {
+            Some(t) => tch::no_grad(|| m.net.forward_head(&t))?,
+            None => {
+                let x = load_images(train.as_ref(), &chunk, p.res, p.threads)?;
+                tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?
+            }
+        };
+        let d = z.size()[1];
+        sink(ctx, z.permute([0, 2, 3, 1]).reshape([-1, d]))?;
+    }
+    Ok(seen)
+}
+
+/// The fresh k-means as its rows come: Lloyd keeps them all, mini-batch folds them in.
+enum Fresh<'a> {
+    Lloyd(Vec<Tensor>),
+    Online(Box<Online<'a>>, Vec<kmeans::StatRow>),
+}
+
+impl<'a> Fresh<'a> {
+    fn new(p: &EvaluateParams, cfg: &'a KmeansConfig, device: tch::Device) -> Self {
+        match p.mode {
+            KmeansMode::Lloyd => Fresh::Lloyd(Vec::new()),
+            KmeansMode::Minibatch => Fresh::Online(
+                Box::new(Online::new(1, cfg, p.init_rows, p.batch_rows, device)),
+                Vec::new(),
+            ),
+        }
+    }
+
+    fn push(&mut self, rows: Tensor) -> Result<(), StageError> {
+        match self {
+            Fresh::Lloyd(feats) => feats.push(rows),
+            Fresh::Online(o, stats) => o.push(rows, stats)?,
+        }
+        Ok(())
+    }
+
+    fn finish(
+        self,
+        cfg: &KmeansConfig,
+        device: tch::Device,
+    ) -> Result<(Tensor, Vec<u64>), StageError> {
+        Ok(match self {
+            Fresh::Online(o, mut stats) => o.finish(&mut stats)?,
+            Fresh::Lloyd(feats) => {
+                let fit = kmeans::lloyd(
+                    || {
+                        feats
+                            .iter()
+                            .map(|t| Ok::<_, StageFailure>(t.shallow_clone()))
+                    },
+                    cfg,
+                    device,
+                )?;
+                (
+                    fit.kmeans.centroids().shallow_clone(),
+                    fit.kmeans.counts().to_vec(),
+                )
+            }
+        })
+    }
+}
+
+/// The first round's join: the parts' training features, in part order, fit the fresh
+/// k-means; its centroids are the state the second round predicts val with.
+fn fit_parts(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
+    let device = ctx.device().tch();
+    let classes = ctx.dataset()?.clone().open(Split::Val)?.classes().len();
+    let cfg = fresh_config(p, p.k.unwrap_or(classes), ctx.seed());
+    let mut fresh = Fresh::new(p, &cfg, device);
+    let mut images = 0;
+    for part in ctx.parts(ROUND_STATS.name)? {
+        images += part.meta("images").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        for rows in lloyd_rounds::read_rows(part)? {
+            ctx.check_cancelled()?;
+            fresh.push(rows.to_device(device))?;
+        }
+    }
+    covered(images, train_images(ctx, p)?, TRAIN_TOKENS.name)?;
+    let (centroids, counts) = fresh.finish(&cfg, device)?;
+    ctx.output(ROUND_STATE.name)?
+        .write(&tables::centroids_batch(1, &centroids, &counts)?)
+}
+
+/// The parts' confusion counts (stored as their `output`), added up.
+fn summed_confusion(ctx: &Context, output: &str) -> Result<Confusion, StageError> {
+    let mut conf: Option<Confusion> = None;
+    for part in ctx.parts(output)? {
+        let c = tables::read_confusion(part)?;
+        match conf.as_mut() {
+            None => conf = Some(c),
+            Some(total) => total.merge(&c)?,
+        }
+    }
+    conf.ok_or_else(|| StageError::msg("no parts to join"))
+}
+
+/// The second round's join: the parts' confusion counts added, scored with the fitted
+/// centroids stored beside them.
+fn score_parts(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
+    let conf = summed_confusion(ctx, ROUND_STATS.name)?;
+    let (centroids, counts) = tables::read_centroids(ctx.input(ROUND_STATE.name)?, 1)?;
+    let c_out = ctx.output(CENTROIDS.name)?;
+    c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
+    c_out.set_meta("k", counts.len());
+    let val = ctx.dataset()?.clone().open(Split::Val)?;
+    let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
+    score(ctx, p, &conf, &is_thing, p.kmeans_bn(), None)
 }
 
 /// Matches clusters to classes and writes the metrics (the history's rows, then this
@@ -483,16 +623,18 @@ fn open_tokens(
 /// One batch of a pass: image ids, and their stored tokens when there are any.
 type PassBatch = Result<(Vec<usize>, Option<Tensor>), StageError>;
 
-/// The batches of one pass: (image ids, their tokens) from stored tokens, keeping the images
-/// in `want`; or `ids` in chunks of `batch`, for the network to run on.
+/// The batches of one pass: (image ids, their tokens) from the stored tokens' written
+/// batches `batches`, keeping the images in `want`; or `ids` in chunks of `batch`, for the
+/// network to run on.
 fn passes<'a>(
     tokens: Option<&'a Tokens>,
     ids: &'a [usize],
     batch: usize,
     want: std::ops::Range<usize>,
+    batches: std::ops::Range<usize>,
 ) -> Box<dyn Iterator<Item = PassBatch> + 'a> {
     match tokens {
-        Some(t) => Box::new(t.eval_batches().filter_map(move |r| match r {
+        Some(t) => Box::new(t.eval_batches_in(batches).filter_map(move |r| match r {
             Err(e) => Some(Err(e)),
             Ok((got, t)) => {
                 let keep: Vec<i64> = (0..got.len() as i64)

@@ -81,7 +81,8 @@ impl Stage for Extract {
     type Params = ExtractParams;
     const KIND: &'static str = "extract";
     // 2: store/precision/sample and the stream output.
-    const VERSION: u32 = 2;
+    // 3: row groups of 8192 rows.
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "per-pixel features of both views (view 2 through G), streamed and/or stored";
 
@@ -135,6 +136,9 @@ impl Stage for Extract {
         if p.store != Keep::None {
             let w = ctx.output(FEATURES.name)?;
             w.uncompressed();
+            // Row groups (the chunks that sharded k-means rounds split) of 8192 rows, 4 MB of
+            // 128-d features.
+            w.set_row_group_rows(8192);
             w.set_meta("dim", m.net.dim());
             if p.store == Keep::Sample {
                 w.set_meta("sample_per_image", p.sample_per_image);

@@ -85,6 +85,8 @@ pub struct ArtifactWriter {
     parts: usize,
     /// Parquet rows held back until they fill an aligned chunk (see [`PARQUET_ALIGN`]).
     pending: Option<RecordBatch>,
+    /// Parquet rows per row group (`None`: the parquet crate's default, about a million).
+    row_group_rows: Option<usize>,
 }
 
 /// Parquet's column writers cut each `write` call into mini-batches of 1024 values and
@@ -107,7 +109,19 @@ impl ArtifactWriter {
             meta: BTreeMap::new(),
             parts: 0,
             pending: None,
+            row_group_rows: None,
         }
+    }
+
+    /// Parquet row groups of `rows` rows (rounded up to [`PARQUET_ALIGN`]): the table's
+    /// chunks ([`Artifact::chunks`]), which sharded passes split. Recorded in the manifest
+    /// (`row_group_rows`) so that parts joined ([`Self::write_like`]) are cut the same way;
+    /// call before the first `write`.
+    pub fn set_row_group_rows(&mut self, rows: usize) -> &mut Self {
+        let rows = rows.max(1).div_ceil(PARQUET_ALIGN) * PARQUET_ALIGN;
+        self.row_group_rows = Some(rows);
+        self.set_meta("row_group_rows", rows);
+        self
     }
 
     /// Tables as Arrow IPC instead of Parquet; call before the first `write`.
@@ -147,6 +161,9 @@ impl ArtifactWriter {
         if format == Format::Ipc {
             self.use_ipc();
             return Ok(());
+        }
+        if let Some(rows) = a.meta("row_group_rows").and_then(|v| v.as_u64()) {
+            self.set_row_group_rows(rows as usize);
         }
         let file = File::open(&path).map_err(|e| StageError::io(&path, e))?;
         let meta = ParquetRecordBatchReaderBuilder::try_new(file)?
@@ -265,9 +282,11 @@ impl ArtifactWriter {
                 } else {
                     Compression::UNCOMPRESSED
                 };
-                let props = WriterProperties::builder()
-                    .set_compression(compression)
-                    .build();
+                let mut props = WriterProperties::builder().set_compression(compression);
+                if let Some(rows) = self.row_group_rows {
+                    props = props.set_max_row_group_row_count(Some(rows));
+                }
+                let props = props.build();
                 TableWriter::Parquet(ArrowWriter::try_new(file, schema, Some(props))?)
             }
         };
@@ -403,6 +422,45 @@ impl Artifact {
         Ok(n)
     }
 
+    /// The table's chunks, the units a sharded pass splits ([`crate::shard::Shard::range`]):
+    /// per file, its Arrow IPC batches as written or its Parquet row groups. Their number
+    /// comes from the files' footers; nothing is decoded.
+    pub fn chunk_count(&self) -> Result<usize, StageError> {
+        let mut n = 0;
+        for (path, format) in self.table_files() {
+            n += chunks_in(&path, format)?;
+        }
+        Ok(n)
+    }
+
+    /// The batches of chunks `range` ([`Self::chunk_count`]), in order: an IPC batch as
+    /// written, a Parquet row group in reader batches of at most 65536 rows (never across
+    /// row groups). Reading all of them is one process's pass, cut exactly as a sharded
+    /// pass cuts its parts.
+    pub fn chunks(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = Result<RecordBatch, StageError>> + '_ {
+        let mut start = 0usize;
+        self.table_files().flat_map(move |(path, format)| {
+            let first = start;
+            let n = match chunks_in(&path, format) {
+                Ok(n) => n,
+                Err(e) => return Box::new(std::iter::once(Err(e))) as BatchIter,
+            };
+            start += n;
+            let lo = range.start.max(first) - first;
+            let hi = range.end.min(first + n).saturating_sub(first);
+            if lo >= hi {
+                return Box::new(std::iter::empty());
+            }
+            match open_chunks(&path, format, lo..hi) {
+                Ok(it) => it,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        })
+    }
+
     /// All batches (small tables only).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>, StageError> {
         self.batches().collect()
@@ -410,6 +468,52 @@ impl Artifact {
 }
 
 type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, StageError>> + Send>;
+
+/// How many chunks one table file holds (IPC batches, Parquet row groups).
+fn chunks_in(path: &Path, format: Format) -> Result<usize, StageError> {
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    Ok(match format {
+        Format::Ipc => arrow_ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?
+            .num_batches(),
+        _ => ParquetRecordBatchReaderBuilder::try_new(file)?
+            .metadata()
+            .num_row_groups(),
+    })
+}
+
+/// Chunks `range` of one table file (see [`Artifact::chunks`]).
+fn open_chunks(
+    path: &Path,
+    format: Format,
+    range: std::ops::Range<usize>,
+) -> Result<BatchIter, StageError> {
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    Ok(match format {
+        Format::Ipc => {
+            let mut r =
+                arrow_ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
+            r.set_index(range.start)?;
+            Box::new(r.take(range.len()).map(|b| b.map_err(StageError::from)))
+        }
+        _ => {
+            let path = path.to_path_buf();
+            // One reader per row group, so that no reader batch spans two of them.
+            Box::new(range.flat_map(move |g| {
+                let open = || -> Result<BatchIter, StageError> {
+                    let file = File::open(&path).map_err(|e| StageError::io(&path, e))?;
+                    Ok(Box::new(
+                        ParquetRecordBatchReaderBuilder::try_new(file)?
+                            .with_row_groups(vec![g])
+                            .with_batch_size(65536)
+                            .build()?
+                            .map(|b| b.map_err(StageError::from)),
+                    ))
+                };
+                open().unwrap_or_else(|e| Box::new(std::iter::once(Err(e))))
+            }))
+        }
+    })
+}
 
 fn open_table(path: &Path, format: Format) -> Result<BatchIter, StageError> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;

@@ -43,6 +43,8 @@ pub struct NodeInfo {
     pub shard: Option<crate::shard::Shard>,
     /// How many parts a combine node joins (0 for other nodes).
     pub parts: u32,
+    /// (round, rounds) of a node computed in several rounds ([`crate::Stage::rounds`]).
+    pub round: Option<(u32, u32)>,
 }
 
 pub struct Context {
@@ -73,6 +75,13 @@ impl Context {
     /// that [`crate::shard::Shard::takes`], in the order and sizes one process would.
     pub fn shard(&self) -> Option<crate::shard::Shard> {
         self.info.shard
+    }
+
+    /// In a sharded run of a kind that takes several rounds ([`crate::Stage::rounds`]): which
+    /// round this part or join is (0-based), of how many. `None` outside such a run, where
+    /// one [`crate::Stage::run`] does every round.
+    pub fn round(&self) -> Option<(u32, u32)> {
+        self.info.round
     }
 
     /// Which of `n` items, taken `batch` at a time, this node processes: all of them, or in

@@ -168,10 +168,11 @@ pub fn decide(
         let run = run && why != Why::StreamsOnlyToCached;
         out.push(Decision { run, why, cached });
     }
-    // A part of a sharded node runs only for a reader that runs: once the parts are joined,
-    // they are not needed (readers come later in the order, so they are decided first).
+    // A part of a sharded node (or the join of a round before the last) runs only for a
+    // reader that runs: once the parts are joined, they are not needed (readers come later
+    // in the order, so they are decided first).
     for i in (0..n).rev() {
-        if plan.nodes[i].part.is_some()
+        if (plan.nodes[i].part.is_some() || plan.nodes[i].is_between_rounds())
             && out[i].run
             && out[i].why != Why::Forced
             && plan.consumers(i).iter().all(|&c| !out[c].run)
@@ -360,7 +361,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                                 running[j]
                                     && !finished[j]
                                     && plan.nodes[j].part.as_ref().is_some_and(|o| {
-                                        o.group == p.group && Some(o.shard.index) == own
+                                        o.group == p.group
+                                            && o.round == p.round
+                                            && Some(o.shard.index) == own
                                     })
                             })
                     })
@@ -475,6 +478,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
                             seed: plan.spec.seed,
                             shard: node.part.as_ref().map(|p| p.shard),
                             parts: node.parts,
+                            round: node.round,
                         },
                         sections: node.sections.clone(),
                         base_dir: plan

@@ -43,12 +43,24 @@ pub struct PlanNode {
     pub part: Option<PartOf>,
     /// In a sharded run, how many parts this combine node joins (0: not a combine node).
     pub parts: u32,
+    /// In a sharded run of a node that takes several rounds ([`crate::Stage::rounds`]):
+    /// (this node's round, the rounds), for its parts and joins alike.
+    pub round: Option<(u32, u32)>,
+}
+
+impl PlanNode {
+    /// A join of a round before the last: like a part, only needed for what reads it.
+    pub fn is_between_rounds(&self) -> bool {
+        self.parts > 0 && self.round.is_some_and(|(r, n)| r + 1 < n)
+    }
 }
 
 /// A part node's place: its part, and the key and stream group of the node it is part of.
 #[derive(Clone, Debug)]
 pub struct PartOf {
     pub shard: Shard,
+    /// The round of a node that takes several (0 otherwise).
+    pub round: u32,
     pub key: String,
     pub group: usize,
 }
@@ -575,6 +587,7 @@ fn build(spec: Spec, registry: &Registry, diags: &mut Diagnostics) -> Option<Pla
             provenance,
             part: None,
             parts: 0,
+            round: None,
         });
     }
     let plan = Plan {

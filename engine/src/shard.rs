@@ -126,6 +126,12 @@ impl FromStr for Shard {
     }
 }
 
+/// What each part of a round before the last stores, for the round's join
+/// ([`crate::Stage::rounds`]).
+pub const ROUND_STATS: Port = Port::artifact("round_stats", "round_stats");
+/// What the join of a round before the last stores, for the next round's parts and join.
+pub const ROUND_STATE: Port = Port::artifact("round_state", "round_state");
+
 /// The input port of a combine node that reads part `q` of `output`: `part{q}.{output}`.
 /// Ports name themselves with static strings, so these are interned (a few per output).
 pub fn part_port(q: u32, output: &str) -> &'static str {
@@ -175,8 +181,19 @@ impl Plan {
         let mut why_not: BTreeMap<usize, String> = BTreeMap::new();
         let mut some_can = BTreeSet::new();
         let mut stores = BTreeSet::new();
+        let mut members: BTreeMap<usize, usize> = BTreeMap::new();
         for node in &self.nodes {
-            match node.configured.shardable() {
+            *members.entry(node.group).or_default() += 1;
+        }
+        for node in &self.nodes {
+            let shardable = node.configured.shardable().and_then(|()| {
+                if node.configured.rounds() > 1 && members[&node.group] > 1 {
+                    Err("it runs in rounds, and a stream cannot wait between them".to_string())
+                } else {
+                    Ok(())
+                }
+            });
+            match shardable {
                 Ok(()) => {
                     some_can.insert(node.group);
                 }
@@ -226,73 +243,154 @@ impl Plan {
                 nodes.push(n);
                 continue;
             }
-            let mut mine = Vec::with_capacity(count as usize);
-            for q in 0..count {
-                let part = Shard { index: q, count };
-                let key = part_key(&node.key, part);
-                let mut provenance = node.provenance.clone();
-                provenance["part"] = serde_json::json!({"of": node.key, "part": part.to_string()});
-                let output_keys = node
-                    .outputs
-                    .iter()
-                    .map(|p| {
-                        let k = hash_hex(format!("{key}/{}", p.name).as_bytes());
-                        (p.name.to_string(), k)
-                    })
-                    .collect();
-                mine.push(nodes.len());
-                nodes.push(PlanNode {
-                    name: format!("{}[part {part}]", node.name),
-                    inputs: remap(&node.inputs, Some(q)),
-                    key,
-                    output_keys,
-                    provenance,
-                    part: Some(PartOf {
-                        shard: part,
-                        key: node.key.clone(),
-                        group: node.group,
-                    }),
-                    ..node.clone()
-                });
-            }
+            let rounds = node.configured.rounds();
             let stored: Vec<Port> = node
                 .outputs
                 .iter()
                 .filter(|p| p.mode == Mode::Artifact)
                 .cloned()
                 .collect();
-            if stored.is_empty() {
-                // A pure stream producer: only its own group's parts read it.
-                whole.push(usize::MAX);
-            } else {
-                let mut inputs = Vec::new();
+            // Joins see the node's stored inputs too (a history to append to, the data
+            // again); streams end with the parts.
+            let whole_inputs: Vec<PlanInput> = remap(&node.inputs, None)
+                .into_iter()
+                .filter(|i| i.port.mode == Mode::Artifact)
+                .collect();
+            let mut mine = Vec::with_capacity(count as usize);
+            // The previous round's join: its state feeds this round's parts and join.
+            let mut state: Option<usize> = None;
+            for r in 0..rounds {
+                let last = r + 1 == rounds;
+                // One round keeps the node's key; earlier rounds key off it.
+                let round_key = if last {
+                    node.key.clone()
+                } else {
+                    hash_hex(format!("{}/round {r} of {rounds}", node.key).as_bytes())
+                };
+                let round = (rounds > 1).then_some((r, rounds));
+                // `kmeans[round 3/21 part 0/2]`, `kmeans[round 3/21]`; one round: `kmeans[part 0/2]`.
+                let tag = match round {
+                    Some(_) => format!("round {}/{rounds}", r + 1),
+                    None => String::new(),
+                };
+                let with_state = |mut inputs: Vec<PlanInput>| {
+                    if let Some(s) = state {
+                        inputs.push(PlanInput {
+                            port: ROUND_STATE,
+                            source: Some((s, ROUND_STATE.name.to_string())),
+                        });
+                    }
+                    inputs
+                };
+                let part_outputs = if rounds > 1 {
+                    vec![ROUND_STATS]
+                } else {
+                    node.outputs.clone()
+                };
+                mine.clear();
+                for q in 0..count {
+                    let part = Shard { index: q, count };
+                    let key = part_key(&round_key, part);
+                    let mut provenance = node.provenance.clone();
+                    provenance["part"] =
+                        serde_json::json!({"of": node.key, "part": part.to_string()});
+                    if let Some((r, n)) = round {
+                        provenance["part"]["round"] = serde_json::json!(format!("{}/{n}", r + 1));
+                    }
+                    let output_keys = part_outputs
+                        .iter()
+                        .map(|p| {
+                            let k = hash_hex(format!("{key}/{}", p.name).as_bytes());
+                            (p.name.to_string(), k)
+                        })
+                        .collect();
+                    mine.push(nodes.len());
+                    nodes.push(PlanNode {
+                        name: if tag.is_empty() {
+                            format!("{}[part {part}]", node.name)
+                        } else {
+                            format!("{}[{tag} part {part}]", node.name)
+                        },
+                        inputs: with_state(remap(&node.inputs, Some(q))),
+                        outputs: part_outputs.clone(),
+                        key,
+                        output_keys,
+                        provenance,
+                        part: Some(PartOf {
+                            shard: part,
+                            round: r,
+                            key: node.key.clone(),
+                            group: node.group,
+                        }),
+                        round,
+                        ..node.clone()
+                    });
+                }
+                let joined: Vec<Port> = if rounds > 1 {
+                    vec![ROUND_STATS]
+                } else {
+                    stored.clone()
+                };
+                if joined.is_empty() {
+                    break;
+                }
+                let mut inputs = whole_inputs.clone();
                 for (q, &pi) in mine.iter().enumerate() {
-                    for p in &stored {
+                    for p in &joined {
                         inputs.push(PlanInput {
                             port: Port::artifact(part_port(q as u32, p.name), p.ty),
                             source: Some((pi, p.name.to_string())),
                         });
                     }
                 }
-                whole.push(nodes.len());
-                let output_keys = node
-                    .output_keys
-                    .iter()
-                    .filter(|(name, _)| stored.iter().any(|p| p.name == name.as_str()))
-                    .map(|(a, b)| (a.clone(), b.clone()))
-                    .collect();
+                let inputs = with_state(inputs);
+                let (outputs, output_keys): (Vec<Port>, BTreeMap<String, String>) = if last {
+                    let keys = node
+                        .output_keys
+                        .iter()
+                        .filter(|(name, _)| stored.iter().any(|p| p.name == name.as_str()))
+                        .map(|(a, b)| (a.clone(), b.clone()))
+                        .collect();
+                    (stored.clone(), keys)
+                } else {
+                    let k = hash_hex(format!("{round_key}/{}", ROUND_STATE.name).as_bytes());
+                    (
+                        vec![ROUND_STATE],
+                        [(ROUND_STATE.name.to_string(), k)].into(),
+                    )
+                };
+                let mut provenance = node.provenance.clone();
+                if let Some((r, n)) = round.filter(|_| !last) {
+                    provenance["round"] =
+                        serde_json::json!({"of": node.key, "round": format!("{}/{n}", r + 1)});
+                }
+                state = Some(nodes.len());
                 nodes.push(PlanNode {
+                    name: if last {
+                        node.name.clone()
+                    } else {
+                        format!("{}[{tag}]", node.name)
+                    },
                     configured: Arc::new(Combining {
                         inner: node.configured.clone(),
                         inputs: inputs.iter().map(|i| i.port.clone()).collect(),
-                        outputs: stored.clone(),
+                        outputs: outputs.clone(),
                     }),
+                    key: round_key,
                     inputs,
-                    outputs: stored,
+                    outputs,
                     output_keys,
+                    provenance,
                     parts: count,
+                    round,
                     ..node.clone()
                 });
+            }
+            if stored.is_empty() {
+                // A pure stream producer: only its own group's parts read it.
+                whole.push(usize::MAX);
+            } else {
+                whole.push(nodes.len() - 1);
             }
             parts.push(mine);
         }
@@ -335,6 +433,9 @@ impl Configured for Combining {
     }
     fn shardable(&self) -> Result<(), String> {
         Err("it joins parts".into())
+    }
+    fn rounds(&self) -> u32 {
+        self.inner.rounds()
     }
     fn instantiate(&self) -> Box<dyn Runnable> {
         self.inner.combiner()

@@ -161,6 +161,15 @@ pub trait Stage: Send + Sized + 'static {
     fn combine(_params: &Self::Params, ctx: &mut Context) -> Result<(), StageError> {
         ctx.concat_parts()
     }
+    /// How many rounds of parts a sharded node of this kind takes (1 by default). With R > 1
+    /// (an iterative pass such as Lloyd's k-means) round r's parts each store their share's
+    /// statistics ([`crate::shard::ROUND_STATS`]), round r's join ([`Stage::combine`],
+    /// [`Context::round`] says which) folds them into the state the next round's parts and
+    /// join read ([`crate::shard::ROUND_STATE`]), and the last round's join writes the
+    /// node's outputs. Every round's parts and join see the node's inputs too.
+    fn rounds(_params: &Self::Params) -> u32 {
+        1
+    }
     fn new(params: Self::Params) -> Self;
     fn run(&mut self, ctx: &mut Context) -> Result<(), StageError>;
 }
@@ -196,6 +205,10 @@ pub trait Configured: Send + Sync {
     fn key_epoch(&self, epoch: u32) -> Option<u32>;
     /// See [`Stage::shardable`].
     fn shardable(&self) -> Result<(), String>;
+    /// See [`Stage::rounds`].
+    fn rounds(&self) -> u32 {
+        1
+    }
     fn instantiate(&self) -> Box<dyn Runnable>;
     /// A runnable that joins the parts ([`Stage::combine`]).
     fn combiner(&self) -> Box<dyn Runnable>;
@@ -240,6 +253,9 @@ impl<S: Stage> Configured for ConfiguredOf<S> {
     }
     fn shardable(&self) -> Result<(), String> {
         S::shardable(&self.params)
+    }
+    fn rounds(&self) -> u32 {
+        S::rounds(&self.params).max(1)
     }
     fn instantiate(&self) -> Box<dyn Runnable> {
         Box::new(S::new(self.params.clone()))

@@ -234,7 +234,20 @@ impl Tokens {
     pub fn eval_batches(
         &self,
     ) -> impl Iterator<Item = Result<(Vec<usize>, Tensor), StageError>> + '_ {
-        self.artifact.batches().map(move |b| {
+        self.eval_batches_in(0..usize::MAX)
+    }
+
+    /// How many batches the tokens were written in (the units a sharded pass splits).
+    pub fn batch_count(&self) -> Result<usize, StageError> {
+        self.artifact.chunk_count()
+    }
+
+    /// [`Self::eval_batches`] of written batches `range` only.
+    pub fn eval_batches_in(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = Result<(Vec<usize>, Tensor), StageError>> + '_ {
+        self.artifact.chunks(range).map(move |b| {
             let mut ids = Vec::new();
             let mut data = Vec::new();
             for (img, view, _, t) in batch_rows(&b?)? {

@@ -525,7 +525,7 @@ fn sharded_plan_is_whole(plan: Plan, path: &Path) {
         }
         if let Some(part) = &node.part {
             assert!(
-                node.name.ends_with(&format!("[part {}]", part.shard)),
+                node.name.ends_with(&format!("part {}]", part.shard)),
                 "{}",
                 node.name
             );

@@ -107,8 +107,12 @@ pub(crate) fn assert_same_artifacts(one: &Path, many: &Path, name: &str) -> Vec<
     }
     for what in [
         "features.features",
+        "kmeans.centroids",
+        "kmeans.stats",
         "evaluate.confusion",
         "evaluate.metrics",
+        "final.centroids",
+        "final.metrics",
     ] {
         assert!(
             compared.iter().any(|c| c == what),
@@ -234,18 +238,27 @@ fn a_workers_plan_shows_its_parts_and_what_runs_whole() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
-        t.contains("shard 1/3: 5 node(s) computed in 3 parts"),
+        t.contains("shard 1/3: 7 node(s) computed in 3 parts"),
         "{t}"
     );
+    assert!(t.contains("`kmeans` runs in 11 rounds of parts"), "{t}");
+    assert!(t.contains("`final` runs in 2 rounds of parts"), "{t}");
     for part in [
         "aug[part 0/3]",
         "features[part 2/3]",
         "label[part 1/3]",
         "evaluate[part 0/3]",
+        // Lloyd: 10 updates and the counting pass, each a round of parts and a join.
+        "kmeans[round 1/11 part 0/3]",
+        "kmeans[round 11/11 part 2/3]",
+        "kmeans[round 10/11]",
+        "final[round 1/2 part 1/3]",
+        "final[round 1/2]",
+        "final[round 2/2 part 0/3]",
     ] {
         assert!(t.contains(part), "{part}: {t}");
     }
-    // k-means does not run in parts: it appears once, under its own name.
+    // The last round's join is the node itself, under its own name.
     assert_eq!(
         t.lines().filter(|l| l.starts_with("kmeans ")).count(),
         1,

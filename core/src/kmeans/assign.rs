@@ -220,15 +220,32 @@ impl Accum {
             return Err(KmeansError::Internal("accumulator and centroids disagree"));
         }
         let out = prep.block(x, self.rows, false, true)?;
-        self.objective += out.objective;
-        self.rows += x.size()[0] as u64;
-        self.sums
-            .iter_mut()
-            .zip(out.sums)
-            .for_each(|(a, b)| *a += b);
+        self.add_stats(BlockStats {
+            rows: x.size()[0] as u64,
+            objective: out.objective,
+            counts: out.counts,
+            sums: out.sums,
+        })
+    }
+
+    /// Adds one block's statistics: the one place a pass's totals grow, so that folding
+    /// stored blocks in order is the same arithmetic as a pass in one process.
+    pub(super) fn add_stats(&mut self, b: BlockStats) -> Result<(), KmeansError> {
+        if b.counts.len() != self.k || b.sums.len() != self.k * self.d {
+            return Err(KmeansError::Config(format!(
+                "block statistics of {} clusters x {} values do not fit k = {}, d = {}",
+                b.counts.len(),
+                b.sums.len(),
+                self.k,
+                self.d
+            )));
+        }
+        self.objective += b.objective;
+        self.rows += b.rows;
+        self.sums.iter_mut().zip(b.sums).for_each(|(a, b)| *a += b);
         self.counts
             .iter_mut()
-            .zip(out.counts)
+            .zip(b.counts)
             .for_each(|(a, b)| *a += b);
         Ok(())
     }

@@ -45,63 +45,246 @@ where
     I: IntoIterator<Item = Result<Tensor, E>>,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
-    if cfg.chunk_rows == 0 {
-        return Err(KmeansError::Config("chunk_rows must be at least 1".into()));
-    }
     let _guard = tch::no_grad_guard();
-    let mut km = Kmeans::from_centroids(init, cfg.metric, device)?;
-    km.chunk_rows = cfg.chunk_rows;
-    let (k, d) = (km.k(), km.dim());
-    let mut repair_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    repair_rng.set_stream(STREAM_REPAIR);
-    let mut first_rows = None;
-    let mut iters = Vec::with_capacity(cfg.n_iter);
-    for iteration in 0..=cfg.n_iter {
-        let prep = Prepared::new(&km.centroids, path)?;
-        let mut acc = Accum::new(k, d);
+    let mut state = LloydState::new(init, cfg, device)?;
+    loop {
+        let prep = Prepared::new(state.centroids(), path)?;
+        let mut acc = Accum::new(state.k, state.d);
         for chunk in source() {
             let chunk = chunk.map_err(|e| KmeansError::Source(e.into()))?;
-            for block in blocks(&chunk, d as i64, cfg.chunk_rows, device)? {
+            for block in blocks(&chunk, state.d as i64, cfg.chunk_rows, device)? {
                 acc.add_block(&prep, &block?)?;
             }
         }
+        if let Some(fit) = state.step_acc(acc)? {
+            return Ok(fit);
+        }
+    }
+}
+
+/// One block's share of a Lloyd pass under given centroids. A sharded run stores these per
+/// block; adding them from zero in block order is, bit for bit, the pass of one process
+/// (which adds each block's f64 sums to the running total in the same order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockStats {
+    pub rows: u64,
+    pub objective: f64,
+    /// K.
+    pub counts: Vec<u64>,
+    /// K x D, row-major.
+    pub sums: Vec<f64>,
+}
+
+/// The per-block statistics of one pass over `chunks` (blocks of `chunk_rows` rows within
+/// each chunk, as [`lloyd`] cuts them) under `centroids`.
+pub fn pass_blocks<I, E>(
+    centroids: &Tensor,
+    chunks: I,
+    chunk_rows: usize,
+    device: Device,
+) -> Result<Vec<BlockStats>, KmeansError>
+where
+    I: IntoIterator<Item = Result<Tensor, E>>,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let _guard = tch::no_grad_guard();
+    let prep = Prepared::new(centroids, AccumPath::Auto)?;
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| KmeansError::Source(e.into()))?;
+        for block in blocks(&chunk, prep.d as i64, chunk_rows, device)? {
+            let block = block?;
+            let b = prep.block(&block, offset, false, true)?;
+            let rows = block.size()[0] as u64;
+            offset += rows;
+            out.push(BlockStats {
+                rows,
+                objective: b.objective,
+                counts: b.counts,
+                sums: b.sums,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Lloyd between passes: the centroids the next pass assigns to, the empty-cluster repair's
+/// RNG, the iterations so far. [`lloyd`] runs it in one process; a sharded run keeps it
+/// between rounds ([`LloydState::saved`], [`LloydState::restore`]) while the passes' block
+/// statistics come from several processes ([`pass_blocks`], [`LloydState::step`]).
+#[derive(Debug)]
+pub struct LloydState {
+    km: Kmeans,
+    k: usize,
+    d: usize,
+    n_iter: usize,
+    rng: ChaCha8Rng,
+    iters: Vec<IterStat>,
+    first_rows: Option<u64>,
+}
+
+/// A [`LloydState`] as stored between rounds (f32 centroids kept bit for bit).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedLloyd {
+    /// K x D, row-major.
+    pub centroids: Vec<f32>,
+    pub k: usize,
+    pub rng_word_pos: u128,
+    pub iters: Vec<IterStat>,
+    pub first_rows: Option<u64>,
+}
+
+impl LloydState {
+    /// From initial K x D centroids (cosine ones normalised), before the first pass.
+    pub fn new(init: &Tensor, cfg: &KmeansConfig, device: Device) -> Result<Self, KmeansError> {
+        if cfg.chunk_rows == 0 {
+            return Err(KmeansError::Config("chunk_rows must be at least 1".into()));
+        }
+        let mut km = Kmeans::from_centroids(init, cfg.metric, device)?;
+        km.chunk_rows = cfg.chunk_rows;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(STREAM_REPAIR);
+        Ok(Self {
+            k: km.k(),
+            d: km.dim(),
+            km,
+            n_iter: cfg.n_iter,
+            rng,
+            iters: Vec::new(),
+            first_rows: None,
+        })
+    }
+
+    /// `cfg.init` over the first `cfg.init_pool_rows` rows of `source`, as [`lloyd`] starts.
+    pub fn init<S, I, E>(
+        mut source: S,
+        cfg: &KmeansConfig,
+        device: Device,
+    ) -> Result<Self, KmeansError>
+    where
+        S: FnMut() -> I,
+        I: IntoIterator<Item = Result<Tensor, E>>,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        cfg.validate()?;
+        let _guard = tch::no_grad_guard();
+        let init = initial_centroids(&mut source, cfg, device)?;
+        Self::new(&init, cfg, device)
+    }
+
+    /// The centroids the next pass assigns to.
+    pub fn centroids(&self) -> &Tensor {
+        &self.km.centroids
+    }
+
+    /// The pass that comes next: 0 to `n_iter` (the last one only counts N_k).
+    pub fn pass(&self) -> usize {
+        self.iters.len()
+    }
+
+    /// Takes one whole pass's block statistics, in block order: the centroids move (or, after
+    /// the last pass, the fit is returned).
+    pub fn step(
+        &mut self,
+        blocks: impl IntoIterator<Item = BlockStats>,
+    ) -> Result<Option<Fit>, KmeansError> {
+        let mut acc = Accum::new(self.k, self.d);
+        for b in blocks {
+            acc.add_stats(b)?;
+        }
+        self.step_acc(acc)
+    }
+
+    pub(super) fn step_acc(&mut self, acc: Accum) -> Result<Option<Fit>, KmeansError> {
+        let (k, d) = (self.k, self.d);
         let rows = acc.rows;
-        match first_rows {
+        match self.first_rows {
             None if rows == 0 => return Err(KmeansError::Empty),
             None if rows < k as u64 => return Err(KmeansError::TooFewPoints { k, rows }),
-            None => first_rows = Some(rows),
+            None => self.first_rows = Some(rows),
             Some(first) if first != rows => {
                 return Err(KmeansError::SourceChanged { first, now: rows })
             }
             Some(_) => {}
         }
-        let objective = acc.objective;
-        let (sums, counts) = (acc.sums, acc.counts);
-        if iteration == cfg.n_iter {
+        let iteration = self.iters.len();
+        if iteration >= self.n_iter {
             // The extra pass: sizes under the final centroids seed N_k.
-            km.counts = counts;
-            return Ok(Fit {
-                kmeans: km,
-                iters,
-                objective,
+            let kmeans = Kmeans {
+                centroids: self.km.centroids.shallow_clone(),
+                counts: acc.counts,
+                metric: self.km.metric,
+                chunk_rows: self.km.chunk_rows,
+            };
+            return Ok(Some(Fit {
+                kmeans,
+                iters: self.iters.clone(),
+                objective: acc.objective,
                 rows,
-            });
+            }));
         }
-        let old: Vec<f64> = to_host_f32(&km.centroids)?
+        let old: Vec<f64> = to_host_f32(&self.km.centroids)?
             .into_iter()
             .map(f64::from)
             .collect();
-        let (new, repaired) = lloyd_update(&old, &sums, &counts, d, cfg.metric, &mut repair_rng);
-        km.centroids = centroids_tensor(&new, k as i64, d as i64, device)?;
-        iters.push(IterStat {
+        let metric = self.km.metric;
+        let (new, repaired) = lloyd_update(&old, &acc.sums, &acc.counts, d, metric, &mut self.rng);
+        self.km.centroids = centroids_tensor(&new, k as i64, d as i64, self.km.centroids.device())?;
+        self.iters.push(IterStat {
             iteration,
-            objective,
+            objective: acc.objective,
             empty_repaired: repaired,
         });
+        Ok(None)
     }
-    Err(KmeansError::Internal(
-        "Lloyd loop ended without a final pass",
-    ))
+
+    pub fn saved(&self) -> Result<SavedLloyd, KmeansError> {
+        Ok(SavedLloyd {
+            centroids: to_host_f32(&self.km.centroids)?,
+            k: self.k,
+            rng_word_pos: self.rng.get_word_pos(),
+            iters: self.iters.clone(),
+            first_rows: self.first_rows,
+        })
+    }
+
+    /// The state [`LloydState::saved`] stored; the centroids are taken as they are (not
+    /// normalised again), so the next pass is the one a single process would run.
+    pub fn restore(
+        s: &SavedLloyd,
+        cfg: &KmeansConfig,
+        device: Device,
+    ) -> Result<Self, KmeansError> {
+        if s.k == 0 || s.centroids.is_empty() || !s.centroids.len().is_multiple_of(s.k) {
+            return Err(KmeansError::Config(format!(
+                "saved Lloyd state holds {} values for k = {}",
+                s.centroids.len(),
+                s.k
+            )));
+        }
+        let d = s.centroids.len() / s.k;
+        let centroids = Tensor::f_from_slice(&s.centroids)?
+            .f_reshape([s.k as i64, d as i64])?
+            .f_to_device(device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(STREAM_REPAIR);
+        rng.set_word_pos(s.rng_word_pos);
+        Ok(Self {
+            km: Kmeans {
+                centroids,
+                counts: vec![0; s.k],
+                metric: cfg.metric,
+                chunk_rows: cfg.chunk_rows,
+            },
+            k: s.k,
+            d,
+            n_iter: cfg.n_iter,
+            rng,
+            iters: s.iters.clone(),
+            first_rows: s.first_rows,
+        })
+    }
 }
 
 /// Means of the clusters; empty clusters re-seeded next to the largest cluster.

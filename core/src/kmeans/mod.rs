@@ -192,5 +192,5 @@ pub use assign::{label_release, tensor_chunks};
 use cpu_kernel::*;
 use init::*;
 use lloyd::*;
-pub use lloyd::{lloyd, lloyd_from};
+pub use lloyd::{lloyd, lloyd_from, pass_blocks, BlockStats, LloydState, SavedLloyd};
 pub use minibatch::{zero_minibatch_rows, Kmeans, Mode, Online, StatRow};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arrow_array::{Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use picie_engine::diag::{Diagnostic, Loc};
+use picie_engine::shard::{ROUND_STATE, ROUND_STATS};
 use picie_engine::store::Lookup;
 use picie_engine::testing::Fixture;
 use picie_engine::{
@@ -499,6 +500,93 @@ fn toy_sections(r: &mut Registry) {
     ));
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundsParams {
+    pub rounds: u32,
+}
+impl Default for RoundsParams {
+    fn default() -> Self {
+        Self { rounds: 3 }
+    }
+}
+
+/// An iterative pass over a stored table, as Lloyd's k-means: s_0 = 1, and each round
+/// s_(r+1) = (sum of (v * s_r) mod 1009 over the values) mod 100003 + r. Sharded, each round's
+/// parts sum their chunks ([`Artifact::chunks`]), the join carries s to the next round.
+pub struct Rounds(RoundsParams);
+impl Rounds {
+    fn step(r: u32, t: u64) -> u64 {
+        t % 100_003 + r as u64
+    }
+    fn partial(ctx: &Context, s: u64) -> Result<u64, StageError> {
+        let base = ctx.input("base")?;
+        let n = base.chunk_count()?;
+        let range = ctx.shard().map_or(0..n, |sh| sh.range(n));
+        let mut t = 0;
+        for b in base.chunks(range) {
+            t += values_of(&[b?]).iter().map(|v| v * s % 1009).sum::<u64>();
+        }
+        Ok(t)
+    }
+    fn state(ctx: &Context) -> Result<u64, StageError> {
+        Ok(if ctx.has_input(ROUND_STATE.name) {
+            values_of(&ctx.input(ROUND_STATE.name)?.read_all()?)[0]
+        } else {
+            1
+        })
+    }
+}
+impl Stage for Rounds {
+    type Params = RoundsParams;
+    const KIND: &'static str = "rounds";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str = "test iterative pass";
+    fn inputs(_: &RoundsParams) -> Vec<Port> {
+        vec![Port::artifact("base", "int_table")]
+    }
+    fn outputs(_: &RoundsParams) -> Vec<Port> {
+        vec![Port::artifact("result", "int_table")]
+    }
+    fn shardable(_: &RoundsParams) -> Result<(), String> {
+        Ok(())
+    }
+    fn rounds(p: &RoundsParams) -> u32 {
+        p.rounds
+    }
+    fn combine(_: &RoundsParams, ctx: &mut Context) -> Result<(), StageError> {
+        let (r, n) = ctx.round().expect("a join of rounds knows its round");
+        let mut t = 0;
+        for part in ctx.parts(ROUND_STATS.name)? {
+            t += values_of(&part.read_all()?)[0];
+        }
+        let next = Self::step(r, t);
+        let out = if r + 1 < n {
+            ROUND_STATE.name
+        } else {
+            "result"
+        };
+        ctx.output(out)?.write(&u64_batch(&[next]))?;
+        Ok(())
+    }
+    fn new(p: RoundsParams) -> Self {
+        Self(p)
+    }
+    fn run(&mut self, ctx: &mut Context) -> Result<(), StageError> {
+        if ctx.round().is_some() {
+            let t = Self::partial(ctx, Self::state(ctx)?)?;
+            ctx.output(ROUND_STATS.name)?.write(&u64_batch(&[t]))?;
+            return Ok(());
+        }
+        let mut s = 1;
+        for r in 0..self.0.rounds {
+            s = Self::step(r, Self::partial(ctx, s)?);
+        }
+        ctx.output("result")?.write(&u64_batch(&[s]))?;
+        Ok(())
+    }
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register::<Numbers>()
@@ -509,7 +597,8 @@ pub fn registry() -> Registry {
         .register::<Slow>()
         .register::<DataSize>()
         .register::<Pooled>()
-        .register::<Either>();
+        .register::<Either>()
+        .register::<Rounds>();
     toy_sections(&mut r);
     r
 }

@@ -157,3 +157,47 @@ fn workers_with_another_shard_count_are_refused_while_the_first_ones_work() {
         ran(&report)
     );
 }
+
+/// A pass that takes rounds (`Stage::rounds`): each round's parts and join are nodes of
+/// their own, the state travels through the store, the last join has the whole's key.
+#[test]
+fn rounds_of_parts_carry_their_state_into_what_one_process_computes() {
+    let yaml = format!(
+        "{HEADER}stages:
+  - name: base
+    kind: slow
+    params: {{batches: 7, rows: 1000}}
+  - name: r
+    kind: rounds
+    params: {{rounds: 3}}
+    inputs: {{base: base.table}}
+"
+    );
+    let whole = fixture();
+    let (plan, _) = whole.run(&yaml).unwrap();
+    let expected = whole.values(&plan, "r", "result");
+    for count in 1..=3u32 {
+        let f = fixture();
+        let (plan, report) = worker(&f, &yaml, Shard::new(0, count).unwrap()).unwrap();
+        if count > 1 {
+            for name in [
+                format!("r[round 1/3 part 0/{count}]"),
+                format!("r[round 1/3 part {}/{count}]", count - 1),
+                "r[round 1/3]".to_string(),
+                format!("r[round 3/3 part 1/{count}]"),
+                "r[round 2/3]".to_string(),
+                "r".to_string(),
+            ] {
+                assert!(ran(&report).contains(&name), "{name} in {:?}", ran(&report));
+            }
+            assert!(!ran(&report).contains(&"r[round 3/3]".to_string()));
+        }
+        assert_eq!(f.values(&plan, "r", "result"), expected, "{count} parts");
+        for i in 1..count {
+            let (_, report) = worker(&f, &yaml, Shard::new(i, count).unwrap()).unwrap();
+            assert!(ran(&report).is_empty(), "worker {i}: {:?}", ran(&report));
+        }
+        let (_, report) = f.run(&yaml).unwrap();
+        assert!(ran(&report).is_empty(), "{:?}", ran(&report));
+    }
+}
