@@ -109,12 +109,13 @@ impl Stage for KmeansStage {
         let cfg = config(p, ctx);
         let device = ctx.device().tch();
         let features = ctx.input(FEATURES.name)?.clone();
+        let n = features.chunk_count()?;
         let mut saved = Vec::new();
         let mut stats = Vec::new();
         let mut fitted = Vec::new();
         for view in [1u8, 2] {
             ctx.check_cancelled()?;
-            let mut state = round_state(ctx, &features, view, &cfg, device)?;
+            let mut state = round_state(ctx, &features, n, view, &cfg, device)?;
             let mut blocks = Vec::new();
             for part in ctx.parts(ROUND_STATS.name)? {
                 blocks.extend(lloyd_rounds::read_blocks(part, view)?);
@@ -177,7 +178,7 @@ impl Stage for KmeansStage {
                 let range = ctx.shard().map_or(0..n, |s| s.range(n));
                 for view in [1u8, 2] {
                     ctx.check_cancelled()?;
-                    let state = round_state(ctx, &features, view, &cfg, device)?;
+                    let state = round_state(ctx, &features, n, view, &cfg, device)?;
                     let blocks = kmeans::pass_blocks(
                         state.centroids(),
                         view_chunks(&features, range.clone(), view),
@@ -259,6 +260,7 @@ fn view_chunks(
 fn round_state(
     ctx: &Context,
     features: &Artifact,
+    n: usize,
     view: u8,
     cfg: &KmeansConfig,
     device: tch::Device,
@@ -267,8 +269,7 @@ fn round_state(
         let saved = lloyd_rounds::read_state(ctx.input(ROUND_STATE.name)?, view)?;
         return LloydState::restore(&saved, cfg, device).map_err(view_err(view));
     }
-    let n = features.chunk_count()?;
-    LloydState::init(|| view_chunks(features, 0..n, view), cfg, device).map_err(view_err(view))
+    LloydState::init(&mut || view_chunks(features, 0..n, view), cfg, device).map_err(view_err(view))
 }
 
 /// The centroids of both views, and the statistics in one order whatever the input: by

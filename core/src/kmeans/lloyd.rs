@@ -11,10 +11,8 @@ where
     I: IntoIterator<Item = Result<Tensor, E>>,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
-    cfg.validate()?;
-    let _guard = tch::no_grad_guard();
-    let init = initial_centroids(&mut source, cfg, device)?;
-    lloyd_from(&init, source, cfg, device)
+    let state = LloydState::init(&mut source, cfg, device)?;
+    run(state, source, cfg.chunk_rows, device, AccumPath::Auto)
 }
 
 /// `cfg.n_iter` Lloyd iterations from the given K x D initial centroids (`cfg.k` and
@@ -35,7 +33,7 @@ where
 
 pub(super) fn lloyd_impl<S, I, E>(
     init: &Tensor,
-    mut source: S,
+    source: S,
     cfg: &KmeansConfig,
     device: Device,
     path: AccumPath,
@@ -45,14 +43,35 @@ where
     I: IntoIterator<Item = Result<Tensor, E>>,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
+    run(
+        LloydState::new(init, cfg, device)?,
+        source,
+        cfg.chunk_rows,
+        device,
+        path,
+    )
+}
+
+/// Lloyd's passes from `state` in one process, until the counting pass gives the fit.
+fn run<S, I, E>(
+    mut state: LloydState,
+    mut source: S,
+    chunk_rows: usize,
+    device: Device,
+    path: AccumPath,
+) -> Result<Fit, KmeansError>
+where
+    S: FnMut() -> I,
+    I: IntoIterator<Item = Result<Tensor, E>>,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
     let _guard = tch::no_grad_guard();
-    let mut state = LloydState::new(init, cfg, device)?;
     loop {
         let prep = Prepared::new(state.centroids(), path)?;
         let mut acc = Accum::new(state.k, state.d);
         for chunk in source() {
             let chunk = chunk.map_err(|e| KmeansError::Source(e.into()))?;
-            for block in blocks(&chunk, state.d as i64, cfg.chunk_rows, device)? {
+            for block in blocks(&chunk, state.d as i64, chunk_rows, device)? {
                 acc.add_block(&prep, &block?)?;
             }
         }
@@ -158,7 +177,7 @@ impl LloydState {
 
     /// `cfg.init` over the first `cfg.init_pool_rows` rows of `source`, as [`lloyd`] starts.
     pub fn init<S, I, E>(
-        mut source: S,
+        source: &mut S,
         cfg: &KmeansConfig,
         device: Device,
     ) -> Result<Self, KmeansError>
@@ -169,7 +188,7 @@ impl LloydState {
     {
         cfg.validate()?;
         let _guard = tch::no_grad_guard();
-        let init = initial_centroids(&mut source, cfg, device)?;
+        let init = initial_centroids(source, cfg, device)?;
         Self::new(&init, cfg, device)
     }
 
