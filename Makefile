@@ -10,7 +10,7 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 # shared between clones (CARGO_TARGET_DIR) relink against the right venv.
 export LIBTORCH_USE_PYTORCH := $(VIRTUAL_ENV)
 
-.PHONY: setup build run test bench lint chromium
+.PHONY: setup build run test bench lint msrv chromium
 setup:
 	@bash scripts/setup.sh
 
@@ -20,9 +20,13 @@ build: setup
 run: build
 	cargo run --release --quiet --bin picie -- run pipeline.yaml
 
-# Every crate of the workspace: the engine (engine/), and picie with its stages.
+# Every crate of the workspace: the engine (engine/), and picie with its stages. Every
+# suite runs (--no-fail-fast); the last line says what skipped and why (picie_testkit).
+SKIP_LOG := $(CURDIR)/target/test-skips.log
 test: setup
-	cargo test --workspace --all-targets
+	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
+	@PICIE_SKIP_LOG=$(SKIP_LOG) cargo test --workspace --all-targets --no-fail-fast; \
+	rc=$$?; bash scripts/skips.sh $(SKIP_LOG); exit $$rc
 
 # `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, vit, kmeans-camvid,
 # kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
@@ -38,3 +42,14 @@ chromium:
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The declared rust-version (Cargo.toml), checked with that toolchain (rustup installs it).
+# Where the default toolchain already is that version, `make lint`'s clippy checked it.
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv: setup
+	@if rustc --version | grep -q "^rustc $(MSRV)[. ]"; then \
+	    echo "msrv: the default toolchain is rust-version $(MSRV): checked by make lint"; \
+	else \
+	    rustup toolchain install $(MSRV) --profile minimal --no-self-update && \
+	    cargo +$(MSRV) check --workspace --all-targets; \
+	fi

@@ -9,9 +9,18 @@ fn main() {
         // An rpath, so that neither LD_LIBRARY_PATH nor an activated venv is needed at run time.
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         // With the default --as-needed, the linker drops libtorch_cuda (nothing references
-        // it by symbol) and CUDA is then silently unavailable; keep it.
+        // it by symbol) and CUDA is then silently unavailable; keep it. The `picie` package
+        // does so with its `cuda` feature (on by default); the library crates' test binaries
+        // always do.
+        let cuda = std::env::var("CARGO_PKG_NAME").as_deref() != Ok("picie")
+            || std::env::var_os("CARGO_FEATURE_CUDA").is_some();
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        for name in ["torch_cuda", "torch", "torch_cpu", "c10"] {
+        let names: &[&str] = if cuda {
+            &["torch_cuda", "torch", "torch_cpu", "c10"]
+        } else {
+            &["torch", "torch_cpu", "c10"]
+        };
+        for name in names {
             if Path::new(&lib).join(format!("lib{name}.so")).exists() {
                 println!("cargo:rustc-link-arg=-l{name}");
             }

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds `.gpu/picie`: picie linked against libtorch 2.11 (tch 0.24) for a GPU machine whose
 # PyTorch is 2.11 and which cannot build Rust (scripts/gpu-check.sh runs it there).
-# The repository stays on tch 0.26 / libtorch 2.13: the switch happens only in a copy of the
-# tree under the cache folder. Idempotent; repeated builds are incremental.
+# The repository stays on tch 0.26 / libtorch 2.13: Cargo.toml accepts tch 0.24 to 0.26, and
+# the copy of the tree under the cache folder locks 0.24 (`cargo update --precise`; no file is
+# edited). Idempotent; repeated builds are incremental.
 #   bash scripts/gpu-build.sh            # -> .gpu/picie (stripped)
 # Override the cache folder with PICIE_GPU_CACHE, the Python that makes the venv with PYTHON.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${PICIE_GPU_CACHE:-$HOME/.cache/picie}
 TORCH=2.11.0             # the device's PyTorch
-TCH=0.24                 # the tch release generated against libtorch 2.11
+TCH=0.24.0               # the tch release generated against libtorch 2.11
 VENV=$CACHE/torch-2.11   # side venv: its libtorch is linked here and runs the CPU dry run
 SRC=$CACHE/src-gpu       # a fixed path, so that cargo's fingerprints survive between builds
 export CARGO_TARGET_DIR=$CACHE/target-gpu
@@ -34,10 +35,9 @@ trap 'rm -rf "$STAGE"' EXIT
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done \
     | tar --null -T - -cf - ) | tar -xf - -C "$STAGE"
-# The dependency switch; fail loudly if Cargo.toml no longer has the lines it rewrites.
-grep -q '^tch = "0.26"$' "$STAGE/Cargo.toml" && grep -q '^torch-sys = "0.26"$' "$STAGE/Cargo.toml" \
-    || { echo "gpu-build: Cargo.toml no longer pins tch/torch-sys 0.26; update this script" >&2; exit 1; }
-sed -i -e "s/^tch = \"0.26\"$/tch = \"$TCH\"/" -e "s/^torch-sys = \"0.26\"$/torch-sys = \"$TCH\"/" "$STAGE/Cargo.toml"
+# Cargo.toml must still accept tch $TCH (the lock below selects it); fail loudly if not.
+grep -q '^tch = ">=0.24, <0.27"$' "$STAGE/Cargo.toml" \
+    || { echo "gpu-build: Cargo.toml's tch requirement no longer admits $TCH; update this script" >&2; exit 1; }
 # Keep the previous build's lock file (already moved to tch 0.24) unless the repo's changed.
 if [ -f "$SRC/Cargo.lock" ] && [ -f "$SRC/.lock-from" ] && cmp -s "$ROOT/Cargo.lock" "$SRC/.lock-from"; then
     cp -p "$SRC/Cargo.lock" "$STAGE/Cargo.lock"
@@ -56,11 +56,11 @@ done
 #    build.rs adds the rpath and keeps libtorch_cuda linked, as in the main build).
 export VIRTUAL_ENV=$VENV PATH=$VENV/bin:$PATH LIBTORCH_USE_PYTORCH=$VENV
 cd "$SRC"
-# Moves only tch, torch-sys and what they alone need; everything else stays as locked.
-if ! grep -A1 '^name = "tch"$' Cargo.lock | grep -q "^version = \"$TCH\."; then
-    cargo update --quiet -p tch -p torch-sys
+# Locks tch and torch-sys at $TCH; everything else stays as locked.
+if ! grep -A1 '^name = "tch"$' Cargo.lock | grep -q "^version = \"$TCH\"$"; then
+    cargo update --quiet -p tch --precise "$TCH"
 fi
-cargo build --release --bin picie
+cargo build --release --bin picie --features cuda
 BIN=$CARGO_TARGET_DIR/release/picie
 
 # 4. Stripped into .gpu/ (ignored by git; the device run carries it).

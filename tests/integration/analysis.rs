@@ -450,22 +450,20 @@ fn hungarian_totals_match_scipy() {
     let python = picie::python();
     let script = root.join("tests/python/hungarian_check.py");
     if !python.is_file() {
-        eprintln!(
-            "skipped: {} not found (run scripts/setup.sh)",
+        return picie_testkit::skip_setup(format!(
+            "oracle venv: {} not found (run scripts/setup.sh)",
             python.display()
-        );
-        return;
+        ));
     }
     let probe = Command::new(&python)
         .args(["-c", "import scipy.optimize, numpy"])
         .output()
         .unwrap();
     if !probe.status.success() {
-        eprintln!(
-            "skipped: scipy/numpy not importable by {}",
+        return picie_testkit::skip_setup(format!(
+            "oracle venv: scipy/numpy not importable by {}",
             python.display()
-        );
-        return;
+        ));
     }
 
     // Sizes 2..=40, three matrices each: dense wide-range, small values (many ties), sparse.

@@ -153,11 +153,10 @@ fn artifacts_open_in_python_polars() {
     let py = picie::python();
     let probe = Command::new(&py).args(["-c", "import polars"]).output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        eprintln!(
-            "skipped: {} with polars is not available (run scripts/setup.sh)",
+        return picie_testkit::skip_setup(format!(
+            "oracle venv: {} with polars is not available (run scripts/setup.sh)",
             py.display()
-        );
-        return;
+        ));
     }
     let dir = tempfile::tempdir().unwrap();
     let tiny = tiny();
@@ -216,8 +215,7 @@ fn the_binary_finds_libtorch_itself_and_keeps_cuda_linked() {
         .args(["-d", env!("CARGO_BIN_EXE_picie")])
         .output()
     else {
-        eprintln!("skipped the NEEDED check: readelf is not installed");
-        return;
+        return picie_testkit::skip("readelf: not installed, NEEDED entries not checked");
     };
     let t = String::from_utf8_lossy(&elf.stdout);
     // Without --no-as-needed the linker drops it and CUDA is silently unavailable.

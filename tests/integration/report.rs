@@ -19,9 +19,11 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn skip_message() -> &'static str {
-    "skipping: chromium not found (install with `apt-get install -y chromium`, or \
-     `make chromium`)"
+/// Chromium is optional (README): its absence is a recorded skip.
+fn skip_no_chromium() {
+    picie_testkit::skip(
+        "chromium: not found (install with `apt-get install -y chromium`, or `make chromium`)",
+    );
 }
 
 /// Runs headless Chromium on `page` with `args`, killed after [`TIMEOUT`]; its stdout.
@@ -98,8 +100,7 @@ fn figcheck(browser: &Path, page: &Path) -> String {
 /// Says so and returns where Chromium is absent.
 pub(crate) fn check_in_chromium(index: &Path, figures: usize) {
     let Some(browser) = chromium() else {
-        eprintln!("{}", skip_message());
-        return;
+        return skip_no_chromium();
     };
     let start = Instant::now();
     let check = figcheck(&browser, index);
@@ -142,8 +143,7 @@ pub(crate) fn check_in_chromium(index: &Path, figures: usize) {
 #[test]
 fn figcheck_counts_a_figure_that_did_not_load_as_bad() {
     let Some(browser) = chromium() else {
-        eprintln!("{}", skip_message());
-        return;
+        return skip_no_chromium();
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("index.html");

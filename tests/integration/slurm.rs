@@ -155,8 +155,7 @@ fn all_logs(logs: &Path) -> String {
 #[test]
 fn a_slurm_array_run_equals_one_process() {
     if let Some(why) = missing() {
-        eprintln!("skipping the Slurm test: {why}");
-        return;
+        return picie_testkit::skip(format!("slurm: {why}"));
     }
     let _cluster = Cluster::up();
     let tmp = tempfile::tempdir().unwrap();

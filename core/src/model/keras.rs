@@ -459,8 +459,7 @@ mod tests {
     #[test]
     fn import_weights_script_converts_torchvision() {
         let Some(py) = python() else {
-            eprintln!("SKIP import_weights_script: no venv python (run `make setup`)");
-            return;
+            return picie_testkit::skip_setup("oracle venv: no venv python (run `make setup`)");
         };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -475,11 +474,10 @@ mod tests {
             .output()
             .unwrap();
         if !make.status.success() {
-            eprintln!(
-                "SKIP import_weights_script: cannot make a torchvision ResNet-18: {}",
+            return picie_testkit::skip_setup(format!(
+                "oracle venv: cannot make a torchvision ResNet-18: {}",
                 String::from_utf8_lossy(&make.stderr).trim()
-            );
-            return;
+            ));
         }
         let script = repo_root().join("scripts/import_weights.py");
         let st = d.join("r18.safetensors");
@@ -549,11 +547,10 @@ mod tests {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/work/keras-weights/images"));
         if !model_json.exists() {
-            eprintln!(
-                "SKIP keras_resnet50_top1: {} not found (set PICIE_KERAS_RESNET50)",
+            return picie_testkit::skip(format!(
+                "keras weights: {} not found (set PICIE_KERAS_RESNET50)",
                 model_json.display()
-            );
-            return;
+            ));
         }
         let mut images: Vec<PathBuf> = std::fs::read_dir(&images_dir)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -561,11 +558,10 @@ mod tests {
         images.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")));
         images.sort();
         if images.is_empty() {
-            eprintln!(
-                "SKIP keras_resnet50_top1: no images in {} (set PICIE_KERAS_IMAGES)",
+            return picie_testkit::skip(format!(
+                "keras weights: no images in {} (set PICIE_KERAS_IMAGES)",
                 images_dir.display()
-            );
-            return;
+            ));
         }
         let dir = tempfile::tempdir().unwrap();
         let ref_path = dir.path().join("ref.safetensors");

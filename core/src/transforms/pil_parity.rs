@@ -183,10 +183,10 @@ fn check_image(label: &str, img: &RgbImage, square: bool) -> bool {
         .output()
         .expect("spawn python");
     if run.status.code() == Some(77) {
-        eprintln!(
-            "skipping PIL parity: {}",
+        picie_testkit::skip_setup(format!(
+            "oracle venv: PIL parity: {}",
             String::from_utf8_lossy(&run.stderr).trim()
-        );
+        ));
         return false;
     }
     assert!(
@@ -248,8 +248,7 @@ fn check_image(label: &str, img: &RgbImage, square: bool) -> bool {
 
 fn check_tensor(img: &RgbImage, path: &Path, failures: &mut Vec<String>) {
     let Ok(bytes) = std::fs::read(path) else {
-        eprintln!("  to_tensor: no reference (torch missing), not compared");
-        return;
+        return picie_testkit::skip_setup("oracle venv: to_tensor has no reference (torch missing)");
     };
     let theirs: Vec<f32> = bytes
         .chunks_exact(4)
@@ -280,8 +279,10 @@ fn check_tensor(img: &RgbImage, path: &Path, failures: &mut Vec<String>) {
 fn transforms_match_pil() {
     let py = crate::python();
     if !py.exists() {
-        eprintln!("skipping PIL parity: {} not found", py.display());
-        return;
+        return picie_testkit::skip_setup(format!(
+            "oracle venv: PIL parity: {} not found",
+            py.display()
+        ));
     }
     if !check_image("synthetic", &synthetic(97, 83), false) {
         return;
@@ -289,7 +290,13 @@ fn transforms_match_pil() {
     check_image("synthetic square", &synthetic(120, 120), true);
     // A real photograph too, when the shared CamVid copy is present.
     let camvid = crate::repo_root().join("../shared/data/camvid/train/0001TP_006690.png");
-    if let Ok(im) = image::open(camvid) {
-        check_image("camvid", &im.to_rgb8(), false);
+    match image::open(&camvid) {
+        Ok(im) => {
+            check_image("camvid", &im.to_rgb8(), false);
+        }
+        Err(e) => picie_testkit::skip(format!(
+            "camvid data: PIL parity on a photograph: {}: {e}",
+            camvid.display()
+        )),
     }
 }
