@@ -5,6 +5,7 @@ mod common;
 
 mod analysis;
 mod cli;
+mod docs;
 mod picie;
 mod report;
 mod shards;
