@@ -89,14 +89,22 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         rows: usize,
     },
-    /// Delete artifacts no run refers to any more, and half-written leftovers.
+    /// Delete artifacts no run refers to any more, and half-written leftovers. On object
+    /// storage it runs beside running runs and keeps what their leases protect.
     Gc {
         #[command(flatten)]
         store: StoreArg,
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Check the store instead (as `picie verify`), deleting nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        check: bool,
     },
+    /// Check that every artifact every run record names is in the store, each file at its
+    /// manifest's size and checksum (on object storage, read from the store itself). Exits
+    /// non-zero when something is missing or corrupt.
+    Verify(StoreArg),
     /// List the stage kinds with their inputs, outputs and default params.
     Kinds,
     /// Convert pretrained weights to safetensors: a PyTorch .pth (torchvision's files, the
@@ -348,7 +356,7 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
                     } else {
                         "-"
                     },
-                    &node.key[..12],
+                    node.key.get(..12).unwrap_or(&node.key),
                     d.why,
                     if inputs.is_empty() { "" } else { "; " },
                     inputs.join(", ")
@@ -358,16 +366,27 @@ pub fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         }
         Command::Ls(s) => ls(&open_existing(&s.store)?),
         Command::Show { key, store, rows } => show(&open_existing(&store.store)?, &key, rows),
-        Command::Gc { store, dry_run } => {
+        Command::Gc {
+            store, check: true, ..
+        }
+        | Command::Verify(store) => verify(&open_existing(&store.store)?),
+        Command::Gc { store, dry_run, .. } => {
             let store = open_existing(&store.store)?;
             let lock = store.lock("gc")?;
             let r = store.gc(&lock, dry_run)?;
+            // On object storage leftovers are files an upload left without a manifest.
+            let leftovers = if store.is_remote() {
+                "half-published leftover(s)"
+            } else {
+                "leftover(s) in tmp/"
+            };
             println!(
-                "{} {} artifact(s), {:.1} MiB; kept {}; removed {} leftover(s) in tmp/",
+                "{} {} artifact(s), {:.1} MiB; kept {}; {} {} {leftovers}",
                 if dry_run { "would remove" } else { "removed" },
                 r.removed,
                 r.bytes as f64 / (1 << 20) as f64,
                 r.kept,
+                if dry_run { "would remove" } else { "removed" },
                 r.tmp_removed
             );
             Ok(())
@@ -623,7 +642,8 @@ fn ls(store: &Store) -> Result<()> {
                 total += bytes;
                 println!(
                     "{:<14} {:<22} {:<12} {:<14} {:>10} {:>10}  {}",
-                    &m.key[..12],
+                    // Listed keys are checked; a short one is printed whole.
+                    m.key.get(..12).unwrap_or(&m.key),
                     m.node,
                     m.output,
                     m.ty,
@@ -632,10 +652,34 @@ fn ls(store: &Store) -> Result<()> {
                     m.created
                 );
             }
-            Err((dir, why)) => println!("{:<14} unreadable manifest: {why}", dir.display()),
+            // Odd contents are shown with why, never read as an artifact.
+            Err((dir, why)) => println!("{:<14} skipped: {why}", dir.display()),
         }
     }
     println!("total {:.1} MiB", total as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+/// `picie verify`: one line per finding, a summary, and an error when anything was found.
+fn verify(store: &Store) -> Result<()> {
+    let r = store.verify_records()?;
+    for f in &r.findings {
+        println!("{f}");
+    }
+    println!(
+        "checked {} artifact(s) named by {} run record(s) in {}: {} problem(s)",
+        r.artifacts,
+        r.records,
+        store.location().display(),
+        r.findings.len()
+    );
+    if !r.findings.is_empty() {
+        anyhow::bail!(
+            "{} artifact(s) named by run records are missing or corrupt in {} (re-run those runs to restore them)",
+            r.findings.len(),
+            store.location().display()
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::artifact::{Artifact, Manifest};
 use crate::context::{Context, Msg, NodeInfo, StreamIn, StreamOut};
@@ -125,15 +125,37 @@ pub fn decide(
         }
     }
 
+    // On a remote store a cached output counts only if the store holds it: what it holds of
+    // every cached output is listed in one batch of concurrent requests.
+    let t = Instant::now();
+    let inventory = store.remote_inventory(&output_keys(plan))?;
+    if let Some(inv) = &inventory {
+        debug!(
+            "{}: listed {} cached artifact(s) in the store in {:.3}s",
+            store.location().display(),
+            inv.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // Nodes of one run can share a key (a pool of repeating draws): each key is looked up
+    // (and, on a remote store, put back) once.
+    let mut found: BTreeMap<String, Artifact> = BTreeMap::new();
     let mut out: Vec<Decision> = Vec::with_capacity(n);
     for (i, node) in plan.nodes.iter().enumerate() {
         let mut cached = BTreeMap::new();
         let mut missing: Option<Why> = None;
         for port in node.outputs.iter().filter(|p| p.mode == Mode::Artifact) {
             let key = &node.output_keys[port.name];
+            if let Some(a) = found.get(key) {
+                cached.insert(port.name.to_string(), a.clone());
+                continue;
+            }
             // A remote store that fails here stops the run before anything is computed.
-            match store.try_lookup(key)? {
+            // Without `repair` (plan) nothing is written: a cached copy the store lacks is
+            // shown as not cached.
+            match store.lookup_in(key, inventory.as_ref(), repair)? {
                 Lookup::Valid(a) => {
+                    found.insert(key.clone(), (*a).clone());
                     cached.insert(port.name.to_string(), *a);
                 }
                 Lookup::Missing => missing = Some(Why::NotCached),
@@ -253,7 +275,14 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
     let t0 = Instant::now();
     let started = now();
     let who = format!("run `{}` of {}", plan.spec.name, plan.spec.file.display());
-    let lease = store.enter_run(&plan.spec.name, &who)?;
+    // On object storage the lease keeps what this run reads and writes from a gc.
+    let mut protects = output_keys(plan);
+    protects.extend(
+        plan.nodes
+            .iter()
+            .filter_map(|n| n.part.as_ref().map(|p| count_key(&p.key))),
+    );
+    let lease = store.enter_run_protecting(&plan.spec.name, &who, &protects)?;
     let stale = store.clean_tmp()?;
     if stale > 0 {
         info!("removed {stale} half-written artifact(s) left by an interrupted run");
@@ -565,7 +594,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
     multi.clear().ok();
 
     let failure = first_error.or(secondary);
-    let record = RunRecord {
+    let mut record = RunRecord {
         name: plan.spec.name.clone(),
         pipeline: plan.spec.file.clone(),
         started,
@@ -598,7 +627,12 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             })
             .collect(),
     };
-    let record_path = match (store.write_run_record(&record), &failure) {
+    // Written last, naming only what the store is seen to hold now.
+    let confirmed = confirm_record(store, &mut record, &outcomes);
+    let record_path = match (
+        confirmed.and_then(|()| store.write_run_record(&record)),
+        &failure,
+    ) {
         (Ok(p), _) => p,
         (Err(e), None) => return Err(e.into()),
         // The store failing is most likely also why the run failed: report that failure.
@@ -615,6 +649,13 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
             source: source.into(),
         });
     }
+    if let (false, Some(why)) = (record.ok, record.error) {
+        // Outputs lost from the store during the run and not to be put back.
+        return Err(Error::Store(crate::store::StoreError::Bad {
+            path: store.location().to_path_buf(),
+            message: why,
+        }));
+    }
     Ok(RunReport {
         nodes: plan
             .nodes
@@ -625,6 +666,58 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<RunReport, E
         seconds: t0.elapsed().as_secs_f64(),
         record: record_path,
     })
+}
+
+/// Every artifact output key of the plan, in node order.
+fn output_keys(plan: &Plan) -> Vec<String> {
+    plan.nodes
+        .iter()
+        .flat_map(|n| {
+            n.outputs
+                .iter()
+                .filter(|p| p.mode == Mode::Artifact)
+                .map(|p| n.output_keys[p.name].clone())
+        })
+        .collect()
+}
+
+/// Drops from `record` every output the store does not hold (a remote store gets what it
+/// lacks of this run's computed or cached outputs back from the cache first): a record
+/// never names a missing artifact. A computed or cached output still missing fails the
+/// record (`ok: false`), with which.
+fn confirm_record(
+    store: &Store,
+    record: &mut RunRecord,
+    outcomes: &[Outcome],
+) -> Result<(), crate::store::StoreError> {
+    let used = |o: &Outcome| matches!(o, Outcome::Cached | Outcome::Ran { .. });
+    let keys: Vec<(String, bool)> = record
+        .nodes
+        .iter()
+        .zip(outcomes)
+        .flat_map(|(n, o)| n.outputs.values().map(move |k| (k.clone(), used(o))))
+        .collect();
+    let present = store.confirm(&keys)?;
+    for (n, o) in record.nodes.iter_mut().zip(outcomes) {
+        let lost: Vec<String> = n
+            .outputs
+            .iter()
+            .filter(|(_, k)| !present.contains(*k))
+            .map(|(out, k)| format!("{}.{out} ({k})", n.name))
+            .collect();
+        n.outputs.retain(|_, k| present.contains(k));
+        if used(o) && !lost.is_empty() {
+            let why = format!(
+                "{} missing from the store {} at the end of the run",
+                lost.join(", "),
+                store.location().display()
+            );
+            warn!("{why}");
+            record.ok = false;
+            record.error.get_or_insert(why);
+        }
+    }
+    Ok(())
 }
 
 /// Claims `members`' nodes that commit artifacts (streams are not shared), or says who

@@ -12,8 +12,9 @@
 //! then read it (see [`crate::exec`]).
 //!
 //! On a remote store the run lease and the claims are lease objects that expire unless
-//! renewed (see [`crate::remote`]); there is no LOCK, and gc is refused. Scratch folders
-//! are the cache's, as here.
+//! renewed (see [`crate::remote`]); there is no LOCK: gc holds the lease object `GC.json`
+//! and keeps what running runs' leases protect (their plans' output keys), and a run that
+//! finds a gc running waits for it. Scratch folders are the cache's, as here.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -93,16 +94,33 @@ impl Store {
     /// shared with other runs but not with gc, and a second run of the same name is
     /// refused, with who holds it.
     pub fn enter_run(&self, name: &str, what: &str) -> Result<RunLease, StoreError> {
+        self.enter_run_protecting(name, what, &[])
+    }
+
+    /// [`Store::enter_run`] for a run that will read or write the artifacts `protects`: on
+    /// object storage its lease lists them, and gc keeps them while it runs (a folder's gc
+    /// waits for every run to end instead). Then waits while a gc holds the store.
+    pub fn enter_run_protecting(
+        &self,
+        name: &str,
+        what: &str,
+        protects: &[String],
+    ) -> Result<RunLease, StoreError> {
         if let Some(remote) = &self.remote {
-            return match self.remote_run_lease(remote, name, what)? {
-                Ok(lease) => Ok(RunLease {
-                    _held: Held::Object { _lease: lease },
-                }),
-                Err(holder) => Err(StoreError::RunInProgress {
-                    name: name.to_string(),
-                    holder,
-                }),
+            let lease = match self.remote_run_lease(remote, name, what, protects)? {
+                Ok(lease) => lease,
+                Err(holder) => {
+                    return Err(StoreError::RunInProgress {
+                        name: name.to_string(),
+                        holder,
+                    })
+                }
             };
+            // After the lease is taken (see crate::remote::gc for why in this order).
+            self.wait_for_gc(remote)?;
+            return Ok(RunLease {
+                _held: Held::Object { _lease: lease },
+            });
         }
         let lock = self.root().join("LOCK");
         let store = try_hold(&lock, true)
@@ -168,11 +186,12 @@ impl Store {
         out
     }
 
-    /// Takes the store for itself (gc), or says who holds it: no run may be in progress.
-    /// Runs share it through [`Store::enter_run`].
+    /// Takes the store for gc, or says who holds it. A folder: no run may be in progress
+    /// (runs share it through [`Store::enter_run`]). Object storage: the gc lease, beside
+    /// running runs (see [`crate::remote`]).
     pub fn lock(&self, what: &str) -> Result<StoreLock, StoreError> {
-        if self.remote.is_some() {
-            return Err(self.no_remote_gc());
+        if let Some(remote) = &self.remote {
+            return self.remote_gc_lock(remote, what);
         }
         let path = self.root().join("LOCK");
         let mut file = try_hold(&path, false)
@@ -182,7 +201,10 @@ impl Store {
                 holder,
             })?;
         say(&mut file, what).map_err(|e| self.io_err(&path, e))?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock {
+            _file: Some(file),
+            _lease: None,
+        })
     }
 
     /// This process's folder for half-written artifacts, created (and held) on first use.

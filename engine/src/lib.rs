@@ -37,6 +37,7 @@ pub mod stage;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod verify;
 
 pub use context::{Context, Item};
 pub use error::{BoxError, Error, StageError, StageFailure};

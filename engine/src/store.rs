@@ -55,6 +55,9 @@ pub enum StoreError {
     Remote { url: String, message: String },
     #[error("artifact store {location}: {message}")]
     Unsupported { location: PathBuf, message: String },
+    /// A key read from a record, a listing or the command line that cannot name an artifact.
+    #[error("artifact store {root}: `{key}` is not an artifact key (keys are 2 or more ASCII letters and digits)")]
+    BadKey { root: PathBuf, key: String },
 }
 
 /// What a lookup found under a key.
@@ -79,11 +82,31 @@ pub struct Store {
     pub(crate) counter: AtomicU64,
     /// This process's folder under tmp/ and the lock that marks it live (see `lease`).
     pub(crate) scratch: Mutex<Option<(PathBuf, File)>>,
+    /// A remote store's stand-in cache when its cache folder is not writable: removed on drop.
+    _temp_cache: Option<tempfile::TempDir>,
 }
 
-/// Exclusive use of a store for one run; released on drop or when the process dies.
+/// Exclusive use of a store for gc: on a folder, its LOCK held exclusively (released on
+/// drop or when the process dies); on object storage, the `GC.json` lease object.
 pub struct StoreLock {
-    pub(crate) _file: File,
+    pub(crate) _file: Option<File>,
+    pub(crate) _lease: Option<crate::remote::RemoteLease>,
+}
+
+/// Whether `key` can name an artifact: 2 or more ASCII letters and digits (the first two
+/// name its folder). Keys read back from a store, a record or a user are checked with it
+/// before they become paths.
+pub fn valid_key(key: &str) -> bool {
+    key.len() >= 2 && key.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The folder (`ab`) of a key under objects/: `__` for a key that is not valid, which no
+/// lookup uses (they check first), so that no path is ever built by slicing into a char.
+pub(crate) fn shard_of(key: &str) -> &str {
+    match key.get(..2) {
+        Some(s) if valid_key(key) => s,
+        _ => "__",
+    }
 }
 
 impl Store {
@@ -99,19 +122,21 @@ impl Store {
             location: root.to_path_buf(),
             message,
         })?;
-        let (dir, remote, location) = match location {
-            Location::Local(dir) => (dir.clone(), None, dir),
+        let (dir, remote, location, temp) = match location {
+            Location::Local(dir) => (dir.clone(), None, dir, None),
             Location::Remote {
                 url,
                 bucket,
                 prefix,
             } => {
+                // Probed first: a store that cannot be opened fails before any node runs.
                 let remote = Remote::open(&url, &bucket, &prefix, opts)?;
                 let cache = opts
                     .cache
                     .clone()
                     .unwrap_or_else(|| crate::remote::cache_dir(&url));
-                (cache, Some(remote), PathBuf::from(url))
+                let (cache, temp) = usable_cache(cache, &url)?;
+                (cache, Some(remote), PathBuf::from(url), temp)
             }
         };
         let store = Self {
@@ -121,10 +146,13 @@ impl Store {
             commit_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
             scratch: Mutex::new(None),
+            _temp_cache: temp,
         };
-        for d in ["objects", "tmp", "runs"] {
-            let p = store.root.join(d);
-            fs::create_dir_all(&p).map_err(|e| store.io(&p, e))?;
+        if store.remote.is_none() {
+            for d in ["objects", "tmp", "runs"] {
+                let p = store.root.join(d);
+                fs::create_dir_all(&p).map_err(|e| store.io(&p, e))?;
+            }
         }
         if let Some(remote) = &store.remote {
             // For whoever wonders what a cache folder is for.
@@ -170,7 +198,19 @@ impl Store {
     }
 
     pub fn object_dir(&self, key: &str) -> PathBuf {
-        self.root.join("objects").join(&key[..2]).join(key)
+        self.root.join("objects").join(shard_of(key)).join(key)
+    }
+
+    /// `key`, or the error saying it cannot name an artifact.
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), StoreError> {
+        if valid_key(key) {
+            Ok(())
+        } else {
+            Err(StoreError::BadKey {
+                root: self.location.clone(),
+                key: key.to_string(),
+            })
+        }
     }
 
     /// Finds an artifact and verifies every file against its manifest checksum. A remote
@@ -182,13 +222,39 @@ impl Store {
     }
 
     /// Finds an artifact, verified: in the folder, or for a remote store in its cache,
-    /// else downloaded from the remote into the cache (once per machine). An error is the
-    /// remote failing, not the artifact.
+    /// else downloaded from the remote into the cache (once per machine). On a remote store
+    /// a cached copy counts only once the store is seen to hold it (one listing of its
+    /// folder); one the store lacks is published back (see [`crate::remote`]). An error is
+    /// the remote failing, or a key that cannot name an artifact.
     pub fn try_lookup(&self, key: &str) -> Result<Lookup, StoreError> {
+        self.lookup_in(key, None, true)
+    }
+
+    /// [`Store::try_lookup`], with what the remote holds of `key` when a batch listing of
+    /// it was done already (`inventory`, see [`Store::remote_inventory`]). Without
+    /// `write`, what the store lacks is not put back: the cached copy counts as missing.
+    pub(crate) fn lookup_in(
+        &self,
+        key: &str,
+        inventory: Option<&crate::remote::Inventory>,
+        write: bool,
+    ) -> Result<Lookup, StoreError> {
+        self.check_key(key)?;
         let dir = self.object_dir(key);
         if dir.exists() {
             match (self.verify(&dir, key), &self.remote) {
-                (Ok(a), _) => return Ok(Lookup::Valid(Box::new(a))),
+                (Ok(a), None) => return Ok(Lookup::Valid(Box::new(a))),
+                (Ok(a), Some(remote)) => {
+                    // The cache saves downloads; the store decides what exists.
+                    let held = match inventory.and_then(|inv| inv.get(key)) {
+                        Some(h) => h.clone(),
+                        None => self
+                            .remote_inventory_of(remote, &[key.to_string()])?
+                            .remove(key)
+                            .flatten(),
+                    };
+                    return self.check_cached(remote, a, held.as_ref(), write);
+                }
                 (Err(reason), None) => return Ok(Lookup::Corrupt(reason)),
                 (Err(reason), Some(_)) => {
                     // Only the cached copy is bad: fetch the artifact again.
@@ -357,6 +423,7 @@ impl Store {
 
     /// Deletes a corrupt artifact so that it is recomputed (from a remote store too).
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.check_key(key)?;
         let dir = self.object_dir(key);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -377,22 +444,44 @@ impl Store {
         }
         let objects = self.root.join("objects");
         let mut out = Vec::new();
-        let mut shards: Vec<_> = fs::read_dir(&objects)
-            .map_err(|e| self.io(&objects, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        shards.sort();
-        for shard in shards {
-            let mut dirs: Vec<_> = fs::read_dir(&shard)
-                .map_err(|e| self.io(&shard, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            dirs.sort();
+        for shard in sorted_entries(&objects).map_err(|e| self.io(&objects, e))? {
+            // Anything but a folder of artifact folders is reported, never sliced or read.
+            if !shard.is_dir() {
+                out.push(Err((shard, "not an artifact folder (a stray file)".into())));
+                continue;
+            }
+            let dirs = match sorted_entries(&shard) {
+                Ok(d) => d,
+                Err(e) => {
+                    out.push(Err((shard, e.to_string())));
+                    continue;
+                }
+            };
             for dir in dirs {
+                let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if !valid_key(name)
+                    || shard.file_name().and_then(|n| n.to_str()) != Some(shard_of(name))
+                {
+                    out.push(Err((
+                        dir,
+                        "not an artifact folder (its name is not a key of this folder)".into(),
+                    )));
+                    continue;
+                }
                 let m = dir.join("manifest.json");
                 let r = fs::read_to_string(&m)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| serde_json::from_str::<Manifest>(&t).map_err(|e| e.to_string()));
+                    .map_err(|e| format!("manifest.json: {e}"))
+                    .and_then(|t| {
+                        serde_json::from_str::<Manifest>(&t)
+                            .map_err(|e| format!("manifest.json: {e}"))
+                    })
+                    .and_then(|m| {
+                        if m.key == name {
+                            Ok(m)
+                        } else {
+                            Err(format!("manifest.json names key `{}`", m.key))
+                        }
+                    });
                 out.push(match r {
                     Ok(manifest) => Ok(Artifact { dir, manifest }),
                     Err(e) => Err((dir, e)),
@@ -409,7 +498,13 @@ impl Store {
             .into_iter()
             .filter_map(|a| match a {
                 Ok(a) => Some(a.manifest.key),
-                Err((dir, _)) => dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+                // A folder with an unreadable manifest is found (and reported corrupt); a
+                // stray entry that is no key is not.
+                Err((dir, _)) => dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .filter(|n| valid_key(n))
+                    .map(str::to_string),
             })
             .filter(|k| k.starts_with(prefix))
             .collect();
@@ -495,10 +590,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes artifacts that no run's latest record refers to, and leftovers in tmp/.
-    pub fn gc(&self, _lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
-        if self.remote.is_some() {
-            return Err(self.no_remote_gc());
+    /// Deletes artifacts that no run's latest record refers to, and leftovers in tmp/. On
+    /// object storage, artifacts that a running run's lease protects are kept too, and
+    /// half-published files only go once old (see [`crate::remote`]).
+    pub fn gc(&self, lock: &StoreLock, dry_run: bool) -> Result<GcReport, StoreError> {
+        if let Some(remote) = &self.remote {
+            return self.gc_remote(remote, lock, dry_run);
         }
         let keep: std::collections::HashSet<String> = self
             .run_records()?
@@ -509,6 +606,7 @@ impl Store {
         for a in self.list()? {
             let (dir, key) = match &a {
                 Ok(a) => (a.dir.clone(), a.manifest.key.clone()),
+                // A stray file or folder under objects/ is no artifact: it goes too.
                 Err((dir, _)) => (dir.clone(), String::new()),
             };
             if keep.contains(&key) {
@@ -518,7 +616,12 @@ impl Store {
             report.removed += 1;
             report.bytes += dir_size(&dir);
             if !dry_run {
-                fs::remove_dir_all(&dir).map_err(|e| self.io(&dir, e))?;
+                let r = if dir.is_dir() {
+                    fs::remove_dir_all(&dir)
+                } else {
+                    fs::remove_file(&dir)
+                };
+                r.map_err(|e| self.io(&dir, e))?;
             }
         }
         if !dry_run {
@@ -527,19 +630,6 @@ impl Store {
             let _ = fs::remove_dir_all(self.root.join("claims"));
         }
         Ok(report)
-    }
-}
-
-impl Store {
-    /// gc needs every run of a remote store to be known stopped, which leases that expire
-    /// cannot promise without a store-wide lock; it is refused until that exists.
-    pub(crate) fn no_remote_gc(&self) -> StoreError {
-        StoreError::Unsupported {
-            location: self.location.clone(),
-            message: "gc on object-storage stores (s3://, gs://, az://) is not supported yet (it would need every run on \
-                      every machine stopped); its local cache may be deleted at any time"
-                .into(),
-        }
     }
 }
 
@@ -590,6 +680,61 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The entries of a folder, sorted.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// A remote store's cache folder, or, when it cannot be written, a temporary one for this
+/// process (with a warning): the run goes on, reading from the store.
+fn usable_cache(
+    cache: PathBuf,
+    url: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), StoreError> {
+    let probe = || -> std::io::Result<()> {
+        for d in ["objects", "tmp", "runs"] {
+            fs::create_dir_all(cache.join(d))?;
+        }
+        let p = cache
+            .join("tmp")
+            .join(format!(".probe-{}", std::process::id()));
+        fs::write(&p, b"")?;
+        fs::remove_file(&p)
+    };
+    let why = match probe() {
+        Ok(()) => return Ok((cache, None)),
+        Err(e) => e,
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("picie-cache-")
+        .tempdir()
+        .map_err(|e| StoreError::Io {
+            root: PathBuf::from(url),
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
+    warn!(
+        "{url}: the cache folder {} is not writable ({why}); using {} for this run instead \
+         (every artifact is downloaded again; set PICIE_CACHE to a writable folder)",
+        cache.display(),
+        temp.path().display()
+    );
+    let dir = temp.path().to_path_buf();
+    for d in ["objects", "tmp", "runs"] {
+        let p = dir.join(d);
+        fs::create_dir_all(&p).map_err(|e| StoreError::Io {
+            root: PathBuf::from(url),
+            path: p.clone(),
+            source: e,
+        })?;
+    }
+    Ok((dir, Some(temp)))
 }
 
 fn dir_size(dir: &Path) -> u64 {

@@ -384,3 +384,54 @@ fn inspect_says_what_exists_when_the_target_does_not() {
     assert!(t.contains("note: run `done` is being run now"), "{t}");
     assert!(!t.contains("panicked"), "{t}");
 }
+
+/// A store with a stray file and short folder, a short and a non-ASCII artifact name, a
+/// truncated manifest and a record naming them: `ls`, `show`, `gc`, `verify` and `inspect`
+/// report them (a typed error or a listed warning), and never panic (exit code 101).
+#[test]
+fn odd_store_contents_are_reported_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::common::seed_odd_store(dir.path());
+    let run = |args: &[&str]| {
+        let out = picie(dir.path(), args);
+        let t = text(&out);
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {t}");
+        assert!(!t.contains("panicked"), "{args:?}: {t}");
+        (out.status.code(), t)
+    };
+    let (code, t) = run(&["ls", "--store", "store"]);
+    assert_eq!(code, Some(0), "{t}");
+    for what in ["objects/x", "objects/y", "abé", "ab/a ", "manifest.json: "] {
+        assert!(t.contains(what), "ls does not show `{what}`: {t}");
+    }
+    let (code, t) = run(&["show", "a", "--store", "store"]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("no artifact in store has a key starting with `a`"),
+        "{t}"
+    );
+    let (code, t) = run(&["show", "aé", "--store", "store"]);
+    assert_eq!(code, Some(1), "{t}");
+    let (code, t) = run(&["show", "cd", "--store", "store"]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains(&key) && t.contains("corrupt artifact"), "{t}");
+    let (code, t) = run(&["verify", "--store", "store"]);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("not an artifact key") && t.contains("4 problem(s)"),
+        "{t}"
+    );
+    let (code, t) = run(&["gc", "--store", "store", "--check"]);
+    assert_eq!(code, Some(1), "{t}");
+    // inspect shows what it can, and says why each table is missing.
+    let (code, t) = run(&["inspect", "odd", "--store", "store"]);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("names `a`, not an artifact key"), "{t}");
+    let (code, t) = run(&["gc", "--store", "store", "--dry-run"]);
+    assert_eq!(code, Some(0), "{t}");
+    let (code, t) = run(&["gc", "--store", "store"]);
+    assert_eq!(code, Some(0), "{t}");
+    // Nothing odd is left.
+    let (_, t) = run(&["ls", "--store", "store"]);
+    assert!(!t.contains("objects/x") && !t.contains("abé"), "{t}");
+}

@@ -183,3 +183,42 @@ loop:
 "
     )
 }
+
+/// A store in `dir/store` with odd contents, as a hand, a crash or another tool leaves them:
+/// a stray file and a stray short folder under objects/, an artifact folder with a short
+/// name, one with a non-ASCII name, one whose manifest is truncated, and a run record
+/// `odd` naming all of them (and one whole artifact key with no folder). Returns the
+/// truncated artifact's key.
+pub fn seed_odd_store(dir: &std::path::Path) -> String {
+    let store = picie::Store::open(&dir.join("store")).expect("store opens");
+    let objects = store.root().join("objects");
+    std::fs::write(objects.join("x"), b"stray").unwrap();
+    std::fs::create_dir_all(objects.join("y").join("z")).unwrap();
+    let short = objects.join("ab").join("a");
+    std::fs::create_dir_all(&short).unwrap();
+    std::fs::write(short.join("manifest.json"), r#"{"key": "a"}"#).unwrap();
+    let wide = objects.join("ab").join("abé");
+    std::fs::create_dir_all(&wide).unwrap();
+    std::fs::write(wide.join("manifest.json"), r#"{"key": "aé"}"#).unwrap();
+    let key = "cd".to_string() + &"0".repeat(62);
+    let cut = objects.join("cd").join(&key);
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::write(
+        cut.join("manifest.json"),
+        format!(r#"{{"key": "{key}", "node"#),
+    )
+    .unwrap();
+    let record = serde_json::json!({
+        "name": "odd", "pipeline": "odd.yaml", "started": "", "finished": "", "ok": true,
+        "error": null, "device": "cpu",
+        "nodes": [{
+            "name": "evaluate@0", "stage": "evaluate", "kind": "evaluate", "epoch": 0,
+            "status": "ran", "seconds": 0.0,
+            "outputs": {"metrics": "a", "confusion": "aé", "samples": key,
+                        "history": "ef".to_string() + &"1".repeat(62)}
+        }]
+    });
+    let rec: picie::store::RunRecord = serde_json::from_value(record).unwrap();
+    store.write_run_record(&rec).unwrap();
+    key
+}

@@ -2,7 +2,7 @@
 //! published with the manifest last.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use object_store::PutMode;
@@ -170,8 +170,9 @@ impl Store {
     /// Deletes an artifact from the remote: its manifest first, so that it is gone at once.
     pub(crate) fn remove_remote(&self, remote: &Remote, key: &str) -> Result<(), StoreError> {
         let c = &remote.client;
+        self.check_key(key)?;
         c.delete(&object_rel(key, "manifest.json"))?;
-        for rel in c.list(&format!("objects/{}/{key}/", &key[..2]))? {
+        for rel in c.list(&object_rel(key, ""))? {
             c.delete(&rel)?;
         }
         Ok(())
@@ -182,18 +183,31 @@ impl Store {
         let c = &remote.client;
         let mut out = Vec::new();
         for rel in c.list("objects/")? {
-            let Some(key) = rel
-                .strip_suffix("/manifest.json")
-                .and_then(|p| p.rsplit('/').next())
-            else {
+            let Some(folder) = rel.strip_suffix("/manifest.json") else {
                 continue;
             };
+            // Only `objects/ab/KEY/manifest.json` names an artifact; anything else is
+            // reported by its path, never sliced.
+            let (shard, key) = match folder.split('/').collect::<Vec<_>>()[..] {
+                [_, shard, key] => (shard, key),
+                _ => ("", ""),
+            };
+            if !crate::store::valid_key(key) || shard != crate::store::shard_of(key) {
+                out.push(Err((
+                    PathBuf::from(format!("{}/{rel}", c.url)),
+                    "not an artifact's manifest (its folder is not a key)".into(),
+                )));
+                continue;
+            }
             let dir = self.object_dir(key);
             let got = c.get(&rel)?;
             out.push(
                 match got.map(|g| serde_json::from_slice::<Manifest>(&g.bytes)) {
-                    Some(Ok(manifest)) => Ok(Artifact { dir, manifest }),
-                    Some(Err(e)) => Err((dir, e.to_string())),
+                    Some(Ok(manifest)) if manifest.key == key => Ok(Artifact { dir, manifest }),
+                    Some(Ok(manifest)) => {
+                        Err((dir, format!("manifest.json names key `{}`", manifest.key)))
+                    }
+                    Some(Err(e)) => Err((dir, format!("manifest.json: {e}"))),
                     None => continue,
                 },
             );

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -24,6 +24,19 @@ use crate::store::StoreError;
 const PART: usize = 16 << 20;
 /// The probe at open: long enough for a slow but live endpoint, short enough for a person.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listings in flight at once when many folders are listed (one request each): enough to
+/// hide a round trip per artifact, few enough not to flood a small server.
+const CONCURRENT_LISTS: usize = 32;
+
+/// One listed object: its path relative to the store's prefix, size, and last change.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub rel: String,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
 
 /// An object as read, with the version (ETag, GCS generation) a conditional update names.
 pub(crate) struct Got {
@@ -271,23 +284,95 @@ impl Client {
     /// Every object under `rel_prefix` (a folder: `objects/`, `runs/`): its path relative
     /// to the store's prefix.
     pub fn list(&self, rel_prefix: &str) -> Result<Vec<String>, StoreError> {
-        let path = self.path(rel_prefix.trim_end_matches('/'));
+        Ok(self
+            .list_entries(rel_prefix)?
+            .into_iter()
+            .map(|e| e.rel)
+            .collect())
+    }
+
+    /// Every object under `rel_prefix`, with its size and age, sorted by path.
+    pub fn list_entries(&self, rel_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut all = self.list_many(&[rel_prefix.to_string()])?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// The objects under each folder of `rel_prefixes`, in their order: the listings run
+    /// concurrently (S3 has no batch HEAD; a listing per folder is one request).
+    pub fn list_many(&self, rel_prefixes: &[String]) -> Result<Vec<Vec<Entry>>, StoreError> {
         let skip = if self.prefix.is_empty() {
             0
         } else {
             self.prefix.len() + 1
         };
         let r = self.rt.block_on(async {
-            let mut out = Vec::new();
-            let mut s = self.store.list(Some(&path));
-            while let Some(m) = s.next().await {
-                out.push(m?.location.as_ref().get(skip..).unwrap_or("").to_string());
-            }
-            Ok::<_, object_store::Error>(out)
+            futures_util::stream::iter(rel_prefixes.iter().enumerate().map(|(i, rel)| {
+                let path = self.path(rel.trim_end_matches('/'));
+                let store = Arc::clone(&self.store);
+                async move {
+                    let metas: Vec<object_store::ObjectMeta> = store
+                        .list(Some(&path))
+                        .try_collect()
+                        .await
+                        .map_err(|e| (i, e))?;
+                    let mut v: Vec<Entry> = metas
+                        .into_iter()
+                        .map(|m| Entry {
+                            rel: m.location.as_ref().get(skip..).unwrap_or("").to_string(),
+                            size: m.size,
+                            modified_ms: m.last_modified.timestamp_millis(),
+                        })
+                        .collect();
+                    v.sort_by(|a, b| a.rel.cmp(&b.rel));
+                    Ok::<_, (usize, object_store::Error)>((i, v))
+                }
+            }))
+            .buffer_unordered(CONCURRENT_LISTS)
+            .try_collect::<Vec<_>>()
+            .await
         });
-        let mut v = r.map_err(|e| self.err("cannot list", rel_prefix, &e))?;
-        v.sort();
-        Ok(v)
+        let mut got = r.map_err(|(i, e): (usize, object_store::Error)| {
+            self.err("cannot list", &rel_prefixes[i], &e)
+        })?;
+        got.sort_by_key(|(i, _)| *i);
+        Ok(got.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// The size and BLAKE3 checksum of `rel`, streamed and never stored; `None` when there
+    /// is no such object.
+    pub fn checksum(&self, rel: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let path = self.path(rel);
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        let r = self.rt.block_on(async {
+            let mut stream = self.store.get(&path).await?.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                len += chunk.len() as u64;
+            }
+            Ok::<_, object_store::Error>(())
+        });
+        match r {
+            Ok(()) => Ok(Some((len, hasher.finalize().to_hex().to_string()))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("cannot read", rel, &e)),
+        }
+    }
+
+    /// Deletes an object as [`Client::list_entries`] named it (its parts already encoded,
+    /// where [`Client::delete`] would encode them again); a missing object is fine.
+    pub fn delete_listed(&self, rel: &str) -> Result<(), StoreError> {
+        let full = if self.prefix.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        };
+        let path = ObjectPath::parse(&full).unwrap_or_else(|_| self.path(rel));
+        match self.rt.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("cannot delete", rel, &e)),
+        }
     }
 
     /// Deletes `rel`; a missing object is fine.

@@ -32,10 +32,13 @@ pub struct LeaseBody {
     pub expires_ms: u64,
     /// The same, readable.
     pub expires: String,
+    /// The artifact keys a run's lease keeps from gc while it runs (its plan's outputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protects: Vec<String>,
 }
 
 impl LeaseBody {
-    fn new(holder: &str, token: &str, ttl: Duration) -> Self {
+    fn new(holder: &str, token: &str, ttl: Duration, protects: &[String]) -> Self {
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let expires =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(expires_ms) * 1_000_000)
@@ -50,6 +53,7 @@ impl LeaseBody {
             token: token.to_string(),
             expires_ms,
             expires,
+            protects: protects.to_vec(),
         }
     }
 
@@ -77,13 +81,14 @@ pub(crate) struct RemoteLease {
 }
 
 impl RemoteLease {
-    /// Takes the lease at `rel` (`what` says who, for those who find it held), taking over
-    /// an expired one; or says who holds it.
+    /// Takes the lease at `rel` (`what` says who, for those who find it held; `protects`,
+    /// the keys it keeps from gc), taking over an expired one; or says who holds it.
     pub fn acquire(
         client: &Arc<Client>,
         rel: &str,
         what: &str,
         ttl: Duration,
+        protects: &[String],
     ) -> Result<Result<RemoteLease, String>, StoreError> {
         let token = token();
         let holder = format!(
@@ -95,7 +100,7 @@ impl RemoteLease {
         let mut seen = String::from("held by another run");
         // A few rounds: the lease may be released or taken over between our reads.
         for _ in 0..3 {
-            let body = LeaseBody::new(&holder, &token, ttl);
+            let body = LeaseBody::new(&holder, &token, ttl, protects);
             if let Put::Done { version } = client.put(rel, body.bytes(), PutMode::Create)? {
                 return Ok(Ok(Self::hold(client, rel, body, version, ttl)));
             }
@@ -173,7 +178,7 @@ async fn renew(
 ) {
     loop {
         tokio::time::sleep(ttl / 3).await;
-        body = LeaseBody::new(&body.holder, &body.token, ttl);
+        body = LeaseBody::new(&body.holder, &body.token, ttl, &body.protects);
         let mode = if can_update(service, &version) {
             PutMode::Update(version.clone())
         } else {

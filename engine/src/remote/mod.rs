@@ -31,7 +31,9 @@
 //!   development account, at `AZURITE_BLOB_STORAGE_URL`, default `http://127.0.0.1:10000`).
 
 mod artifacts;
+mod check;
 mod client;
+mod gc;
 mod lease;
 mod records;
 
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use artifacts::Published;
+pub(crate) use check::Inventory;
 pub(crate) use client::Client;
 pub use lease::LeaseBody;
 pub(crate) use lease::RemoteLease;
@@ -286,9 +289,10 @@ pub fn cache_dir(url: &str) -> PathBuf {
     base.join(&hash[..16])
 }
 
-/// `objects/ab/KEY/NAME` relative to the prefix.
+/// `objects/ab/KEY/NAME` relative to the prefix (callers check the key first, see
+/// [`crate::store::valid_key`]).
 pub(crate) fn object_rel(key: &str, name: &str) -> String {
-    format!("objects/{}/{key}/{name}", &key[..2])
+    format!("objects/{}/{key}/{name}", crate::store::shard_of(key))
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ impl Store {
             let [_, name, file] = parts[..] else {
                 continue;
             };
-            if !RECORDS.contains(&file) || !crate::spec::valid_name(name) {
+            // Run names, and sharded workers' `NAME.shard-I-of-N`: nothing that climbs.
+            let safe =
+                name != ".." && name != "." && crate::spec::valid_name(&name.replace('.', "_"));
+            if !RECORDS.contains(&file) || !safe {
                 continue;
             }
             if let Some(got) = remote.client.get(&rel)? {
@@ -39,18 +42,20 @@ impl Store {
         remote.client.upload(path, &rel)
     }
 
-    /// Run `name`'s lease on the remote, or who holds it.
+    /// Run `name`'s lease on the remote (keeping `protects` from gc), or who holds it.
     pub(crate) fn remote_run_lease(
         &self,
         remote: &Remote,
         name: &str,
         what: &str,
+        protects: &[String],
     ) -> Result<Result<RemoteLease, String>, StoreError> {
         RemoteLease::acquire(
             &remote.client,
             &format!("runs/{name}/RUNNING.json"),
             what,
             remote.ttl,
+            protects,
         )
     }
 
@@ -66,33 +71,45 @@ impl Store {
             &format!("claims/{key}.json"),
             what,
             remote.ttl,
+            &[],
         )
     }
 
     /// Runs whose lease is live: (name, who).
     pub(crate) fn running_remote(&self, remote: &Remote) -> Vec<(String, String)> {
-        let Ok(list) = remote.client.list("runs/") else {
-            return Vec::new();
-        };
+        let mut out: Vec<(String, String)> = self
+            .live_run_leases(remote)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, body)| (name, body.describe()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The live run leases on the remote: (run name, lease).
+    pub(crate) fn live_run_leases(
+        &self,
+        remote: &Remote,
+    ) -> Result<Vec<(String, LeaseBody)>, StoreError> {
         let mut out = Vec::new();
-        for rel in list {
+        for rel in remote.client.list("runs/")? {
             let Some(name) = rel
                 .strip_suffix("/RUNNING.json")
                 .and_then(|p| p.strip_prefix("runs/"))
             else {
                 continue;
             };
-            let Ok(Some(got)) = remote.client.get(&rel) else {
+            let Some(got) = remote.client.get(&rel)? else {
                 continue;
             };
             if let Ok(body) = serde_json::from_slice::<LeaseBody>(&got.bytes) {
                 if !body.expired() {
-                    out.push((name.to_string(), body.describe()));
+                    out.push((name.to_string(), body));
                 }
             }
         }
-        out.sort();
-        out
+        Ok(out)
     }
 
     /// How often a run waiting for another run's node looks again: each look is a request

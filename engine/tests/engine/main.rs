@@ -7,6 +7,7 @@ mod cache;
 mod epochs;
 mod executor;
 mod gcs;
+mod odd;
 mod remote;
 mod s3;
 mod sections;
