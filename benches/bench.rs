@@ -21,6 +21,7 @@
 mod evaluate;
 mod extract;
 mod kmeans;
+mod knn;
 mod train;
 mod vit;
 
@@ -307,6 +308,7 @@ fn main() -> anyhow::Result<()> {
         "kmeans" => kmeans::bench(num(1, 1_000_000)?, num(2, 27)?)?,
         "kmeans-camvid" => kmeans::bench(2_348_800, 11)?,
         "kmeans-stream" => kmeans::bench_stream(num(1, 10)?)?,
+        "knn" => knn::bench()?,
         "evaluate" => evaluate::bench(args.get(1).unwrap_or(&camvid))?,
         "train" => train::bench()?,
         "vit" => vit::bench(args.get(1).map(String::as_str))?,

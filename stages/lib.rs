@@ -14,9 +14,11 @@ pub mod extract;
 pub mod init;
 pub mod io;
 pub mod kmeans;
+pub mod knn;
 pub mod label;
 pub mod memory;
 pub mod sections;
+pub mod stego;
 pub mod train;
 
 use picie_engine::Registry;
@@ -30,8 +32,10 @@ pub fn builtin() -> Registry {
         .register::<backbone::Backbone>()
         .register::<extract::Extract>()
         .register::<kmeans::KmeansStage>()
+        .register::<knn::Knn>()
         .register::<label::Label>()
         .register::<train::Train>()
+        .register::<stego::Stego>()
         .register::<evaluate::Evaluate>()
         .check_plan(checks::check);
     r

@@ -9,10 +9,12 @@ pub mod augment_params;
 pub mod data;
 pub mod device;
 pub mod kmeans;
+pub mod knn;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod predict;
+pub mod stego;
 pub mod transforms;
 
 #[cfg(any(test, feature = "testing"))]

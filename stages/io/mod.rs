@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod knn_table;
 pub mod lloyd_rounds;
 pub mod ports;
 pub mod tables;

@@ -42,3 +42,7 @@ pub const METRICS: Port = Port::artifact("metrics", "metrics");
 pub const HISTORY: Port = Port::artifact("history", "metrics");
 /// The confusion matrix (`evaluate`).
 pub const CONFUSION: Port = Port::artifact("confusion", "confusion");
+/// Each image's nearest images of a split by mean token, rank 0 itself (`knn`).
+pub const KNN: Port = Port::artifact("knn", "knn");
+/// STEGO's loss per step, its three terms apart (`stego`).
+pub const STEGO_METRICS: Port = Port::artifact("metrics", "stego_metrics");
