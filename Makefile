@@ -29,7 +29,7 @@ test: setup
 	rc=$$?; bash scripts/skips.sh $(SKIP_LOG); exit $$rc
 
 # `make bench` runs plan, augment and rerun; `make bench B=kmeans` (or extract, train, vit, kmeans-camvid,
-# kmeans-stream, evaluate) runs one of the others (BENCHMARKS.md).
+# kmeans-stream, evaluate, crf, knn) runs one of the others (BENCHMARKS.md).
 B ?= all
 bench:
 	@bash scripts/setup.sh --bench

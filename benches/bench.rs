@@ -15,9 +15,13 @@
 //!   on the same weights (>= 1x).
 //! - train: seconds per training step (2 x 16 views at 320, loss, backward, Adam) vs the
 //!   release's step in PyTorch eager.
+//! - crf [CAMVID]: the dense CRF per 320 x 320 image, K 11 and 27, 10 iterations, on 1 and 2
+//!   threads vs pydensecrf (one process, a pool of 2) in the venv.
+//! - knn: the knn stage on 10,000 synthetic images of 23 x 23 x 384 tokens (<= 30 s, 1 GB).
 //!
 //! `all` (the default) runs plan, augment and rerun; the others are named explicitly.
 
+mod crf;
 mod evaluate;
 mod extract;
 mod kmeans;
@@ -309,6 +313,7 @@ fn main() -> anyhow::Result<()> {
         "kmeans-camvid" => kmeans::bench(2_348_800, 11)?,
         "kmeans-stream" => kmeans::bench_stream(num(1, 10)?)?,
         "knn" => knn::bench()?,
+        "crf" => crf::bench(args.get(1).unwrap_or(&camvid))?,
         "evaluate" => evaluate::bench(args.get(1).unwrap_or(&camvid))?,
         "train" => train::bench()?,
         "vit" => vit::bench(args.get(1).map(String::as_str))?,

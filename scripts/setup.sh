@@ -76,6 +76,28 @@ azurite() {
     fi
 }
 
+# pydensecrf, the dense CRF's oracle (core/src/crf/parity.rs). It has no wheel for Python
+# 3.11 and its sdist's generated C++ needs a header 3.11 removed, so it is built from source
+# with Cython < 3 regenerating that C++ (Cython 3 cannot build it).
+PYDENSECRF=1.0rc3
+densecrf() {
+    "$VENV/bin/python" -c "import pydensecrf.densecrf" 2>/dev/null && return 0
+    echo "setup: building pydensecrf==$PYDENSECRF (the dense CRF's oracle) into $VENV"
+    local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    local tmp src
+    tmp=$(mktemp -d)
+    src=$tmp/pydensecrf-$PYDENSECRF
+    if ! { "${pip[@]}" "cython<3" &&
+           "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+               --no-binary :all: --no-build-isolation "pydensecrf==$PYDENSECRF" -d "$tmp" &&
+           tar xzf "$tmp/pydensecrf-$PYDENSECRF.tar.gz" -C "$tmp" &&
+           rm -f "$src/pydensecrf/eigen.cpp" "$src/pydensecrf/densecrf.cpp" &&
+           "${pip[@]}" --no-build-isolation "$src"; }; then
+        optional_failed "could not build pydensecrf; the CRF's parity test will skip"
+    fi
+    rm -rf "$tmp"
+}
+
 bench_peers() {
     if ! "$VENV/bin/python" -c "import faiss, sklearn, threadpoolctl" 2>/dev/null; then
         echo "setup: installing the benchmark peers faiss-cpu and scikit-learn into $VENV"
@@ -128,6 +150,7 @@ fi
 
 if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
     vit_packages
+    densecrf
     seaweedfs
     azurite
     [ "${1:-}" = "--bench" ] && bench_peers
@@ -145,6 +168,7 @@ echo "setup: installing torch==$TORCH and test oracles into $VENV (first time: a
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH" "torchvision==0.28.0" safetensors "pillow==13.0.0" numpy scipy polars
 touch "$STAMP"
 vit_packages
+densecrf
 seaweedfs
 azurite
 [ "${1:-}" = "--bench" ] && bench_peers

@@ -559,9 +559,9 @@ pub fn metric_rows(metrics: &DataFrame) -> Result<Vec<(u32, f64, f64)>, Analysis
 pub const SUMMARY_WIDTH: usize = 100;
 
 /// The run summary that `picie run` and `picie inspect` print: one row per evaluated epoch
-/// (epoch, mIoU, pixel accuracy, k, predictor, BatchNorm of the fresh k-means pass), no line
-/// wider than [`SUMMARY_WIDTH`]. With `per_class`, each epoch's per-class IoU follows its
-/// row, wrapped.
+/// (epoch, mIoU, pixel accuracy, k, predictor, BatchNorm of the fresh k-means pass, and
+/// where an evaluation ran a dense CRF, mIoU and accuracy after it), no line wider than
+/// [`SUMMARY_WIDTH`]. With `per_class`, each epoch's per-class IoU follows its row, wrapped.
 pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, AnalysisError> {
     use std::fmt::Write;
     let epoch = metrics.column("epoch")?.u32()?;
@@ -574,17 +574,26 @@ pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, Ana
         .column("per_class_iou")
         .ok()
         .and_then(|c| c.list().ok());
+    // Metrics tables written before the CRF existed lack its columns.
+    let f64_col = |name: &str| metrics.column(name).ok().and_then(|c| c.f64().ok());
+    let (miou_crf, acc_crf) = (f64_col("miou_crf"), f64_col("pixel_accuracy_crf"));
+    let crf = miou_crf.is_some_and(|c| c.null_count() < c.len());
     let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  k-means BN",
-        "epoch", "mIoU", "accuracy", "k", "predictor"
+    let header = format!(
+        "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  {:<10}{}",
+        "epoch",
+        "mIoU",
+        "accuracy",
+        "k",
+        "predictor",
+        "k-means BN",
+        if crf { "  mIoU+CRF  acc.+CRF" } else { "" }
     );
+    let _ = writeln!(s, "{}", header.trim_end());
     for i in 0..metrics.height() {
-        let _ = writeln!(
-            s,
-            "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  {}",
+        let mut row = format!(
+            "{:>5}  {:>6}  {:>8}  {:>4}  {:<20}  {:<10}",
             epoch.get(i).map_or_else(|| "-".into(), |e| e.to_string()),
             num(miou.get(i)),
             num(acc.get(i)),
@@ -592,6 +601,15 @@ pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, Ana
             predictor.get(i).unwrap_or("-"),
             bn.and_then(|b| b.get(i)).unwrap_or("-"),
         );
+        if crf {
+            let _ = write!(
+                row,
+                "  {:>8}  {:>8}",
+                num(miou_crf.and_then(|c| c.get(i))),
+                num(acc_crf.and_then(|c| c.get(i)))
+            );
+        }
+        let _ = writeln!(s, "{}", row.trim_end());
         if !per_class {
             continue;
         }

@@ -17,6 +17,13 @@
 //! table holds them all. The centroids the predictions used are stored too (`centroids`),
 //! so `picie report` draws exactly the evaluated predictions.
 //!
+//! Dense CRF (`crf`, off by default): the val predictions are also refined by a fully
+//! connected CRF (`picie_core::crf`, STEGO's settings unless given) on the evaluation crop's
+//! RGB, with the soft form of the predictor (softmax of its scores as cosine similarities
+//! over `crf.temperature`) as the unary, and the metrics before and after are both stored
+//! (`miou_crf`, `pixel_accuracy_crf`, `per_class_iou_crf`; the CRF's labels get their own
+//! cluster-to-class matching). The CRF runs on `threads` threads, a few images at a time.
+//!
 //! Sharded: `dot_product` splits the val images. The fresh k-means with `bn: eval` runs in
 //! two rounds: the parts store their share of the training features and the first join fits
 //! k-means on them in order; the parts then predict their share of val with those centroids
@@ -38,11 +45,12 @@ use crate::io::ports::{
 use crate::io::tables::{self, EpochMetrics};
 use crate::io::tokens::Tokens;
 use crate::sections::PicieContext;
+use picie_core::crf::{self, BilateralKernel, CrfConfig, CrfImage, GaussianKernel};
 use picie_core::data::{preprocess, Split};
 use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as KmeansMode, Online};
 use picie_core::metrics::{self, Confusion, Matching};
 use picie_core::model::BnMode;
-use picie_core::predict::{predict, Predictor};
+use picie_core::predict::{self, Predictor};
 use picie_core::transforms::geometric::to_tensor_normalised;
 use picie_engine::error::StageFailure;
 use picie_engine::shard::{ROUND_STATE, ROUND_STATS};
@@ -53,6 +61,64 @@ use picie_engine::{Context, ParamError, Port, Stage, StageError};
 pub enum MatchingParam {
     Hungarian,
     Majority,
+}
+
+/// The dense CRF of the val predictions: STEGO's settings by default (`crf: {}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrfParams {
+    /// Mean-field iterations (STEGO: 10).
+    pub iterations: usize,
+    /// The position kernel: `sxy` in pixels, `compat` its Potts weight (STEGO: 1, 3).
+    pub gaussian: GaussianKernel,
+    /// The position + RGB kernel: `sxy` in pixels, `srgb` in 0..255 units, `compat` its
+    /// Potts weight (STEGO: 67, 3, 4).
+    pub bilateral: BilateralKernel,
+    /// The soft form of the hard predictors: p = softmax(cos(z, mu) / temperature) over
+    /// clusters (exactly so for unit-norm centroids; `nearest_centroid` uses -|z - mu|^2 / 2,
+    /// which ranks as it predicts), clipped below at 1e-5 as pydensecrf does. Lower is more
+    /// confident, so the CRF moves fewer pixels. STEGO's cluster probe: log_softmax(2 cos),
+    /// i.e. 0.5.
+    pub temperature: f64,
+}
+
+impl Default for CrfParams {
+    fn default() -> Self {
+        let c = CrfConfig::default();
+        Self {
+            iterations: c.iterations,
+            gaussian: c.gaussian,
+            bilateral: c.bilateral,
+            temperature: 0.5,
+        }
+    }
+}
+
+impl CrfParams {
+    pub fn config(&self) -> CrfConfig {
+        CrfConfig {
+            iterations: self.iterations,
+            gaussian: self.gaussian,
+            bilateral: self.bilateral,
+        }
+    }
+
+    /// Every bad setting, each naming its field under `crf.`.
+    fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .config()
+            .problems()
+            .into_iter()
+            .map(|e| format!("`crf.{}` {}", e.field, e.reason))
+            .collect();
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            out.push(format!(
+                "`crf.temperature` must be positive and finite, got {}",
+                self.temperature
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,6 +150,10 @@ pub struct EvaluateParams {
     /// Use only the first N training / validation images (null: all).
     pub train_limit: Option<usize>,
     pub val_limit: Option<usize>,
+    /// Dense CRF refinement of the val predictions, scored beside them (null: none; `{}`:
+    /// STEGO's settings). Left out of the cache key when null, so keys stay what they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crf: Option<CrfParams>,
 }
 
 impl Default for EvaluateParams {
@@ -103,6 +173,7 @@ impl Default for EvaluateParams {
             bn: None,
             train_limit: None,
             val_limit: None,
+            crf: None,
         }
     }
 }
@@ -178,6 +249,12 @@ impl Stage for Evaluate {
                 "must be at least 1",
             ));
         }
+        // The plan places errors at a top-level param, so the block's line and column,
+        // with the field inside it named in the message. Every predictor has a soft form
+        // today (`Predictor::soft_scale`).
+        for m in p.crf.iter().flat_map(CrfParams::problems) {
+            e.push(ParamError::new("crf", m));
+        }
         e
     }
     const SECTIONS: &'static [&'static str] = &[crate::sections::DATASET];
@@ -209,6 +286,7 @@ impl Stage for Evaluate {
             None => {}
         }
         let conf = summed_confusion(ctx, CONFUSION.name)?;
+        let conf_crf = summed_crf_confusion(ctx, p, CONFUSION.name)?;
         // Every part predicted with the same centroids: the first part's are the run's.
         let centroids = ctx.parts(CENTROIDS.name)?[0].read_all()?;
         let k = centroids.iter().map(|b| b.num_rows()).sum::<usize>();
@@ -219,7 +297,15 @@ impl Stage for Evaluate {
         c_out.set_meta("k", k);
         let val = ctx.dataset()?.clone().open(Split::Val)?;
         let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
-        score(ctx, p, &conf, &is_thing, p.kmeans_bn(), None)
+        score(
+            ctx,
+            p,
+            &conf,
+            conf_crf.as_ref(),
+            &is_thing,
+            p.kmeans_bn(),
+            None,
+        )
     }
     fn new(p: EvaluateParams) -> Self {
         Self(p)
@@ -317,6 +403,11 @@ impl Stage for Evaluate {
 
         let n = p.val_limit.map_or(val.len(), |l| l.min(val.len()));
         let mut conf = Confusion::new(classes, k)?;
+        let mut conf_crf = p
+            .crf
+            .as_ref()
+            .map(|_| Confusion::new(classes, k))
+            .transpose()?;
         let mut cluster_px = vec![0u64; k];
         // A part predicts its share of the val images (whole batches).
         let want = ctx.shard_items(n, p.batch);
@@ -334,26 +425,43 @@ impl Stage for Evaluate {
             });
             let mut imgs = Vec::new();
             let mut masks = Vec::new();
+            let mut rgbs = Vec::new();
             for r in loaded {
                 let (img, mask) = r?;
-                // With stored tokens only the masks are needed.
+                // With stored tokens only the masks are needed (and the crops for a CRF).
                 if tokens.is_none() {
                     imgs.push(to_tensor_normalised(&img));
                 }
+                if p.crf.is_some() {
+                    rgbs.push(img.into_raw());
+                }
                 masks.push(mask);
             }
-            let pred = tch::no_grad(|| -> Result<Tensor, StageError> {
+            let (pred, scores) = tch::no_grad(|| -> Result<(Tensor, Tensor), StageError> {
                 let z = match &tokens {
                     Some(t) => m.net.forward_head(t)?,
                     None => m
                         .net
                         .forward_t(&Tensor::stack(&imgs, 0).to_device(device), false)?,
                 };
-                let pred = predict(&z, &centroids, p.predictor, p.res as i64);
-                Ok(pred.to_device(tch::Device::Cpu))
+                let up = predict::upsampled_scores(&z, &centroids, p.predictor, p.res as i64);
+                Ok((up.argmax(1, false).to_device(tch::Device::Cpu), up))
             })?;
             let pred = Vec::<i64>::try_from(pred.flatten(0, -1))?;
             let per = (p.res * p.res) as usize;
+            if let (Some(c), Some(conf_crf)) = (&p.crf, conf_crf.as_mut()) {
+                let labels = crf_labels(c, &scores, &rgbs, p.predictor, p.threads, |j| {
+                    val.id(chunk[j])
+                })?;
+                for (j, mask) in masks.iter().enumerate() {
+                    if let Some(mask) = mask {
+                        conf_crf
+                            .add(&mask.data, &labels[j], Some(ignore))
+                            .map_err(|e| StageError::context(val.id(chunk[j]), e))?;
+                    }
+                }
+            }
+            drop(scores);
             for (j, mask) in masks.iter().enumerate() {
                 let px: Vec<u32> = pred[j * per..(j + 1) * per]
                     .iter()
@@ -377,11 +485,25 @@ impl Stage for Evaluate {
                 Some(_) => ROUND_STATS.name,
                 None => CONFUSION.name,
             };
-            ctx.output(out)?.write(&tables::confusion_batch(&conf)?)?;
+            let out = ctx.output(out)?;
+            out.write(&tables::confusion_batch(&conf)?)?;
+            if let Some(c) = &conf_crf {
+                // The join adds these too; beside the table, so that table stays what a
+                // run without a CRF writes.
+                out.set_meta(CRF_CONFUSION, confusion_json(c));
+            }
             return Ok(());
         }
         let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
-        score(ctx, &p, &conf, &is_thing, bn, Some(&cluster_px))
+        score(
+            ctx,
+            &p,
+            &conf,
+            conf_crf.as_ref(),
+            &is_thing,
+            bn,
+            Some(&cluster_px),
+        )
     }
 }
 
@@ -535,13 +657,111 @@ fn summed_confusion(ctx: &Context, output: &str) -> Result<Confusion, StageError
 /// centroids stored beside them.
 fn score_parts(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
     let conf = summed_confusion(ctx, ROUND_STATS.name)?;
+    let conf_crf = summed_crf_confusion(ctx, p, ROUND_STATS.name)?;
     let (centroids, counts) = tables::read_centroids(ctx.input(ROUND_STATE.name)?, 1)?;
     let c_out = ctx.output(CENTROIDS.name)?;
     c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
     c_out.set_meta("k", counts.len());
     let val = ctx.dataset()?.clone().open(Split::Val)?;
     let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
-    score(ctx, p, &conf, &is_thing, p.kmeans_bn(), None)
+    score(
+        ctx,
+        p,
+        &conf,
+        conf_crf.as_ref(),
+        &is_thing,
+        p.kmeans_bn(),
+        None,
+    )
+}
+
+/// The meta key of a part's CRF confusion counts.
+const CRF_CONFUSION: &str = "crf_confusion";
+
+/// A confusion's shape and row-major counts, as part meta.
+fn confusion_json(c: &Confusion) -> serde_json::Value {
+    let counts: Vec<u64> = (0..c.classes())
+        .flat_map(|g| (0..c.clusters()).map(move |k| c.get(g, k).unwrap_or(0)))
+        .collect();
+    serde_json::json!({"classes": c.classes(), "clusters": c.clusters(), "counts": counts})
+}
+
+/// The parts' CRF confusion counts (meta of their `output`), added up; `None` without a CRF.
+fn summed_crf_confusion(
+    ctx: &Context,
+    p: &EvaluateParams,
+    output: &str,
+) -> Result<Option<Confusion>, StageError> {
+    if p.crf.is_none() {
+        return Ok(None);
+    }
+    let mut total: Option<Confusion> = None;
+    for part in ctx.parts(output)? {
+        let v = part
+            .meta(CRF_CONFUSION)
+            .ok_or_else(|| StageError::msg("a part of a CRF evaluation lacks its CRF counts"))?;
+        let dim = |key: &str| v.get(key).and_then(|x| x.as_u64()).unwrap_or(0) as usize;
+        let counts: Vec<u64> = v
+            .get("counts")
+            .and_then(|c| c.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default();
+        let c = Confusion::from_counts(dim("classes"), dim("clusters"), counts)
+            .map_err(|e| StageError::msg(format!("a part's CRF counts: {e}")))?;
+        match total.as_mut() {
+            None => total = Some(c),
+            Some(t) => t.merge(&c)?,
+        }
+    }
+    Ok(total)
+}
+
+/// The CRF's labels of a batch (row-major, one vector per image): the soft form of the
+/// predictor's upsampled `scores` (N x K x H x W) as the unary, the evaluation crops'
+/// `rgbs` as the images. `threads` images at a time, so only their unaries are in memory.
+fn crf_labels(
+    c: &CrfParams,
+    scores: &Tensor,
+    rgbs: &[Vec<u8>],
+    predictor: Predictor,
+    threads: usize,
+    id: impl Fn(usize) -> String,
+) -> Result<Vec<Vec<u32>>, StageError> {
+    let (n, k, h, w) = scores.size4()?;
+    if n as usize != rgbs.len() {
+        return Err(StageError::msg(format!(
+            "{n} predictions for {} images",
+            rgbs.len()
+        )));
+    }
+    let cfg = c.config();
+    let mut labels = Vec::with_capacity(rgbs.len());
+    for start in (0..rgbs.len()).step_by(threads.max(1)) {
+        let end = (start + threads.max(1)).min(rgbs.len());
+        let unary = tch::no_grad(|| {
+            predict::unary(
+                &scores.narrow(0, start as i64, (end - start) as i64),
+                predictor,
+                c.temperature,
+            )
+            .to_device(tch::Device::Cpu)
+        });
+        let unary = Vec::<f32>::try_from(unary.flatten(0, -1))?;
+        let per = (h * w * k) as usize;
+        let images: Vec<CrfImage> = (start..end)
+            .map(|j| CrfImage {
+                width: w as usize,
+                height: h as usize,
+                classes: k as usize,
+                rgb: &rgbs[j],
+                unary: &unary[(j - start) * per..(j - start + 1) * per],
+            })
+            .collect();
+        let refined = crf::refine_batch(&cfg, &images, threads)
+            .map_err(|e| StageError::context(id(start + e.image), e.source))?;
+        labels.extend(refined.into_iter().map(|r| r.labels));
+    }
+    Ok(labels)
 }
 
 /// Matches clusters to classes and writes the metrics (the history's rows, then this
@@ -550,6 +770,7 @@ fn score(
     ctx: &mut Context,
     p: &EvaluateParams,
     conf: &Confusion,
+    conf_crf: Option<&Confusion>,
     is_thing: &Option<Vec<bool>>,
     bn: Option<BnMode>,
     cluster_px: Option<&[u64]>,
@@ -581,6 +802,10 @@ fn score(
         MatchingParam::Majority => Matching::Majority,
     };
     let (mt, _assign) = metrics::evaluate(conf, matching, is_thing.as_deref())?;
+    // The CRF's labels are matched to classes on their own, as STEGO scores them.
+    let crf = conf_crf
+        .map(|c| metrics::evaluate(c, matching, is_thing.as_deref()).map(|r| r.0))
+        .transpose()?;
     let predictor = match p.predictor {
         Predictor::NearestCentroid => "nearest_centroid".to_string(),
         Predictor::DotProduct => format!("dot_product_view{}", p.view),
@@ -590,15 +815,26 @@ fn score(
         "epoch {epoch}: mIoU {:.2}, pixel accuracy {:.2} ({k} clusters, {predictor}{bn_note})",
         mt.miou, mt.pixel_accuracy
     );
+    if let Some(c) = &crf {
+        info!(
+            "epoch {epoch}: after the dense CRF mIoU {:.2}, pixel accuracy {:.2}",
+            c.miou, c.pixel_accuracy
+        );
+    }
     out.write(&tables::metrics_batch(&EpochMetrics {
         epoch,
         predictor: &predictor,
         k: k as u32,
         scores: &mt,
         kmeans_bn: bn.map(BnMode::as_str),
+        crf: crf.as_ref(),
     })?)?;
     out.set_meta("miou", mt.miou);
     out.set_meta("pixel_accuracy", mt.pixel_accuracy);
+    if let Some(c) = &crf {
+        out.set_meta("miou_crf", c.miou);
+        out.set_meta("pixel_accuracy_crf", c.pixel_accuracy);
+    }
 
     let conf_out = ctx.output(CONFUSION.name)?;
     conf_out.write(&tables::confusion_batch(conf)?)?;
@@ -714,5 +950,47 @@ mod tests {
             ..dot
         };
         assert!(Evaluate::validate(&bad).iter().any(|e| e.field == "bn"));
+    }
+
+    /// Without `crf` the params serialise as before (the cache key is unchanged); with it,
+    /// bad settings are refused, each named.
+    #[test]
+    fn crf_is_keyed_only_when_set_and_validated() {
+        let p = EvaluateParams::default();
+        let key = serde_json::to_value(&p).unwrap();
+        assert!(key.get("crf").is_none(), "{key}");
+        let on = EvaluateParams {
+            crf: Some(CrfParams::default()),
+            ..p.clone()
+        };
+        assert!(Evaluate::validate(&on).is_empty());
+        let key = serde_json::to_value(&on).unwrap();
+        assert_eq!(key["crf"]["bilateral"]["sxy"], 67.0);
+        assert_eq!(key["crf"]["temperature"], 0.5);
+        let bad = EvaluateParams {
+            crf: Some(CrfParams {
+                iterations: 0,
+                bilateral: BilateralKernel {
+                    srgb: -3.0,
+                    ..BilateralKernel::default()
+                },
+                temperature: 0.0,
+                ..CrfParams::default()
+            }),
+            ..p
+        };
+        let e = Evaluate::validate(&bad);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().all(|e| e.field == "crf"));
+        for (e, field) in e
+            .iter()
+            .zip(["iterations", "bilateral.srgb", "temperature"])
+        {
+            assert!(
+                e.message.contains(&format!("`crf.{field}`")),
+                "{}",
+                e.message
+            );
+        }
     }
 }

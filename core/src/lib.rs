@@ -6,6 +6,7 @@
 //! quirks stay behind named switches.
 
 pub mod augment_params;
+pub mod crf;
 pub mod data;
 pub mod device;
 pub mod kmeans;

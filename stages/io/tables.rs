@@ -548,6 +548,14 @@ pub fn metrics_schema() -> Arc<Schema> {
             DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
             false,
         ),
+        // After the dense CRF (evaluate's `crf`), with its own matching; null without one.
+        Field::new("pixel_accuracy_crf", DataType::Float64, true),
+        Field::new("miou_crf", DataType::Float64, true),
+        Field::new(
+            "per_class_iou_crf",
+            DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
+            true,
+        ),
     ]))
 }
 
@@ -560,6 +568,8 @@ pub struct EpochMetrics<'a> {
     pub scores: &'a Scores,
     /// BatchNorm of the fresh k-means pass (`train` | `eval`); `None` for dot_product.
     pub kmeans_bn: Option<&'a str>,
+    /// The scores after the dense CRF, when one ran.
+    pub crf: Option<&'a Scores>,
 }
 
 /// The `metrics` table's row for one epoch.
@@ -588,6 +598,13 @@ pub fn metrics_batch(m: &EpochMetrics) -> Result<RecordBatch, StageError> {
         Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
             Some(s.per_class_iou.iter().map(|v| Some(*v)).collect::<Vec<_>>()),
         ])),
+        Arc::new(Float64Array::from(vec![m.crf.map(|c| c.pixel_accuracy)])),
+        Arc::new(Float64Array::from(vec![m.crf.map(|c| c.miou)])),
+        Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![m
+            .crf
+            .map(|c| {
+                c.per_class_iou.iter().map(|v| Some(*v)).collect::<Vec<_>>()
+            })])),
     ];
     Ok(RecordBatch::try_new(metrics_schema(), cols)?)
 }

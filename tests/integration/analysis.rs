@@ -124,7 +124,10 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
             "stuff_miou",
             "valid_pixels",
             "kmeans_bn",
-            "per_class_iou"
+            "per_class_iou",
+            "pixel_accuracy_crf",
+            "miou_crf",
+            "per_class_iou_crf"
         ]
     );
     assert_eq!(strs(&m, "kmeans_bn"), ["train"; 3]);

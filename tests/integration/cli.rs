@@ -87,8 +87,9 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     let show = picie(dir.path(), &["show", key, "--store", "store"]);
     assert!(show.status.success(), "{}", text(&show));
     let t = text(&show);
-    // Two rows: epoch 0 from the history, epoch 1 from this node, in a Polars frame.
-    assert!(t.contains("shape: (2, 10)"), "{t}");
+    // Two rows: epoch 0 from the history, epoch 1 from this node, in a Polars frame (10
+    // columns, and 3 more that a `crf:` evaluation fills).
+    assert!(t.contains("shape: (2, 13)"), "{t}");
     assert!(t.contains("miou"), "{t}");
 
     let gc = picie(dir.path(), &["gc", "--store", "store", "--dry-run"]);
@@ -434,4 +435,43 @@ fn odd_store_contents_are_reported_never_a_panic() {
     // Nothing odd is left.
     let (_, t) = run(&["ls", "--store", "store"]);
     assert!(!t.contains("objects/x") && !t.contains("abé"), "{t}");
+}
+
+/// An evaluation with a dense CRF stores its metrics before and after it, and the run's
+/// summary shows both.
+#[test]
+fn a_crf_evaluation_shows_both_metrics_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_crf = tiny().replace(
+        "params: {res: 32, batch: 4, n_iter: 5}",
+        "params: {res: 32, batch: 4, n_iter: 5, crf: {iterations: 5}}",
+    );
+    assert_eq!(with_crf.matches("crf:").count(), 2, "{with_crf}");
+    std::fs::write(dir.path().join("p.yaml"), &with_crf).unwrap();
+    let run = picie(dir.path(), &["run", "p.yaml", "-q"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let inspect = picie(dir.path(), &["inspect", "p.yaml"]);
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let t = text(&inspect);
+    let header = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("epoch") && l.contains("mIoU"))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(header.ends_with("mIoU+CRF  acc.+CRF"), "{t}");
+    // Every evaluated epoch has a number after the CRF, not a dash.
+    let rows: Vec<&str> = t
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u32>().is_ok())
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    for row in rows {
+        let crf_miou = row.split_whitespace().rev().nth(1).unwrap();
+        assert!(crf_miou.parse::<f64>().is_ok(), "{row}");
+    }
 }
