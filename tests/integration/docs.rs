@@ -86,7 +86,9 @@ fn every_picie_command_in_the_readme_parses_and_plans() {
                 if let Some(target) = cmd.strip_prefix("make ") {
                     let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();
                     assert!(
-                        makefile.lines().any(|l| l.starts_with(&format!("{target}:"))),
+                        makefile
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{target}:"))),
                         "README shows `make {target}`, which the Makefile lacks"
                     );
                 }
@@ -104,12 +106,19 @@ fn every_picie_command_in_the_readme_parses_and_plans() {
             }
             for file in words.iter().filter(|w| w.ends_with(".yaml")) {
                 let plan = picie(root(), &["plan", file]);
-                assert!(plan.status.success(), "`picie plan {file}`: {}", text(&plan));
+                assert!(
+                    plan.status.success(),
+                    "`picie plan {file}`: {}",
+                    text(&plan)
+                );
             }
             checked += 1;
         }
     }
-    assert!(checked >= 10, "only {checked} picie commands found in README.md");
+    assert!(
+        checked >= 10,
+        "only {checked} picie commands found in README.md"
+    );
 }
 
 #[test]

@@ -248,7 +248,9 @@ fn check_image(label: &str, img: &RgbImage, square: bool) -> bool {
 
 fn check_tensor(img: &RgbImage, path: &Path, failures: &mut Vec<String>) {
     let Ok(bytes) = std::fs::read(path) else {
-        return picie_testkit::skip_setup("oracle venv: to_tensor has no reference (torch missing)");
+        return picie_testkit::skip_setup(
+            "oracle venv: to_tensor has no reference (torch missing)",
+        );
     };
     let theirs: Vec<f32> = bytes
         .chunks_exact(4)

@@ -55,9 +55,7 @@ pub fn skip(reason: impl Display) {
 pub fn skip_setup(reason: impl Display) {
     let reason = reason.to_string();
     if in_ci() {
-        panic!(
-            "{reason}: scripts/setup.sh installs this, so under CI the test must run, not skip"
-        );
+        panic!("{reason}: scripts/setup.sh installs this, so under CI the test must run, not skip");
     }
     record("setup", &reason);
 }
