@@ -285,7 +285,7 @@ fn centroid_rows(
     let d = list.value_length() as usize;
     for i in 0..b.num_rows() {
         if views.value(i) == view {
-            let at = list.value_offset_at(i) as usize;
+            let at = list.value_offset_at(i);
             let v = values.values()[at..at + d].to_vec();
             rows.push((clusters.value(i), v, counts.value(i)));
         }
