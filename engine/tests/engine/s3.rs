@@ -152,6 +152,8 @@ impl Server for Weed {
             .unwrap();
         let child = Command::new(&self.bin)
             .args(&self.args)
+            // Its logs, sockets and scratch volumes go where the test's folder is removed.
+            .env("TMPDIR", self.dir.path())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -164,6 +166,22 @@ impl Server for Weed {
 impl Drop for Weed {
     fn drop(&mut self) {
         self.stop();
+        // weed mini puts a Unix socket per port in /tmp whatever TMPDIR says: remove this
+        // server's (`seaweedfs-<service>-<port>.sock`), so test runs leave no litter.
+        let ports: Vec<String> = self
+            .args
+            .iter()
+            .filter_map(|a| a.rsplit_once('=').map(|(_, p)| format!("-{p}.sock")))
+            .filter(|suffix| suffix[1..suffix.len() - 5].parse::<u16>().is_ok())
+            .collect();
+        if let Ok(entries) = std::fs::read_dir("/tmp") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(p)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
