@@ -39,6 +39,26 @@ pub struct FileEntry {
     pub blake3: String,
 }
 
+impl FileEntry {
+    /// What is wrong with a copy of this file of `len` bytes whose BLAKE3 is `blake3`
+    /// (`None`: not computed yet, so only the size is checked), as the messages of every
+    /// verification say it.
+    pub(crate) fn check(&self, len: u64, blake3: Option<&str>) -> Result<(), String> {
+        if len != self.bytes {
+            return Err(format!(
+                "{} is {len} bytes, the manifest says {}",
+                self.name, self.bytes
+            ));
+        }
+        match blake3 {
+            Some(sum) if sum != self.blake3 => {
+                Err(format!("{} does not match its checksum", self.name))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `manifest.json` of a committed artifact.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

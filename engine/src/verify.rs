@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::remote::object_rel;
+use crate::remote::{object_rel, plain};
 use crate::store::{valid_key, Store, StoreError};
 
 /// One artifact a record names that the store does not hold whole.
@@ -100,22 +100,14 @@ impl Store {
             return Ok(Some(format!("manifest.json names key `{}`", manifest.key)));
         }
         for f in &manifest.files {
-            if f.name.is_empty() || f.name.contains(['/', '\\']) || f.name == "." || f.name == ".."
-            {
+            if !plain(&f.name) {
                 return Ok(Some(format!("manifest.json names file `{}`", f.name)));
             }
-            match c.checksum(&object_rel(key, &f.name))? {
-                None => return Ok(Some(format!("{} is missing", f.name))),
-                Some((len, _)) if len != f.bytes => {
-                    return Ok(Some(format!(
-                        "{} is {len} bytes, the manifest says {}",
-                        f.name, f.bytes
-                    )))
-                }
-                Some((_, sum)) if sum != f.blake3 => {
-                    return Ok(Some(format!("{} does not match its checksum", f.name)))
-                }
-                Some(_) => {}
+            let Some((len, sum)) = c.checksum(&object_rel(key, &f.name))? else {
+                return Ok(Some(format!("{} is missing", f.name)));
+            };
+            if let Err(problem) = f.check(len, Some(&sum)) {
+                return Ok(Some(problem));
             }
         }
         Ok(None)

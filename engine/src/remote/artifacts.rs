@@ -97,18 +97,11 @@ impl Store {
         let key = &manifest.key;
         for f in &manifest.files {
             let p = dir.join(&f.name);
-            match remote.client.download(&object_rel(key, &f.name), &p)? {
-                None => return Ok(Some(format!("{} is missing from the object store", f.name))),
-                Some((len, _)) if len != f.bytes => {
-                    return Ok(Some(format!(
-                        "{} is {len} bytes, the manifest says {}",
-                        f.name, f.bytes
-                    )))
-                }
-                Some((_, sum)) if sum != f.blake3 => {
-                    return Ok(Some(format!("{} does not match its checksum", f.name)))
-                }
-                Some(_) => {}
+            let Some((len, sum)) = remote.client.download(&object_rel(key, &f.name), &p)? else {
+                return Ok(Some(format!("{} is missing from the object store", f.name)));
+            };
+            if let Err(problem) = f.check(len, Some(&sum)) {
+                return Ok(Some(problem));
             }
         }
         let m = dir.join("manifest.json");
@@ -217,6 +210,6 @@ impl Store {
 }
 
 /// A file name without separators or dots that climb.
-fn plain(name: &str) -> bool {
+pub(crate) fn plain(name: &str) -> bool {
     !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
 }

@@ -257,36 +257,16 @@ impl Client {
     /// Streams `rel` into the local file `to`: its size and BLAKE3 checksum, or `None`
     /// when there is no such object.
     pub fn download(&self, rel: &str, to: &Path) -> Result<Option<(u64, String)>, StoreError> {
-        let path = self.path(rel);
         let io = |e: std::io::Error| StoreError::Remote {
             url: self.url.clone(),
             message: format!("cannot download {rel} into {}: {e}", to.display()),
         };
         let mut out = std::fs::File::create(to).map_err(io)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut len = 0u64;
-        let r = self.rt.block_on(async {
-            let mut stream = self.store.get(&path).await?.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                hasher.update(&chunk);
-                len += chunk.len() as u64;
-                out.write_all(&chunk)
-                    .map_err(|e| object_store::Error::Generic {
-                        store: "local file",
-                        source: Box::new(e),
-                    })?;
-            }
-            Ok::<_, object_store::Error>(())
-        });
-        match r {
-            Ok(()) => {
-                out.sync_all().map_err(io)?;
-                Ok(Some((len, hasher.finalize().to_hex().to_string())))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("cannot download", rel, &e)),
+        let got = self.stream_hashed(rel, "cannot download", |chunk| out.write_all(chunk))?;
+        if got.is_some() {
+            out.sync_all().map_err(io)?;
         }
+        Ok(got)
     }
 
     /// Every object under `rel_prefix` (a folder: `objects/`, `runs/`): its path relative
@@ -349,6 +329,17 @@ impl Client {
     /// The size and BLAKE3 checksum of `rel`, streamed and never stored; `None` when there
     /// is no such object.
     pub fn checksum(&self, rel: &str) -> Result<Option<(u64, String)>, StoreError> {
+        self.stream_hashed(rel, "cannot read", |_| Ok(()))
+    }
+
+    /// Streams `rel` through `sink` chunk by chunk: its size and BLAKE3 checksum, or `None`
+    /// when there is no such object; an error says `what` failed.
+    fn stream_hashed(
+        &self,
+        rel: &str,
+        what: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Option<(u64, String)>, StoreError> {
         let path = self.path(rel);
         let mut hasher = blake3::Hasher::new();
         let mut len = 0u64;
@@ -358,13 +349,17 @@ impl Client {
                 let chunk = chunk?;
                 hasher.update(&chunk);
                 len += chunk.len() as u64;
+                sink(&chunk).map_err(|e| object_store::Error::Generic {
+                    store: "local file",
+                    source: Box::new(e),
+                })?;
             }
             Ok::<_, object_store::Error>(())
         });
         match r {
             Ok(()) => Ok(Some((len, hasher.finalize().to_hex().to_string()))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("cannot read", rel, &e)),
+            Err(e) => Err(self.err(what, rel, &e)),
         }
     }
 

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use artifacts::Published;
+pub(crate) use artifacts::{plain, Published};
 pub(crate) use check::Inventory;
 pub(crate) use client::Client;
 pub use lease::LeaseBody;
