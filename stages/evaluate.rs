@@ -285,8 +285,6 @@ impl Stage for Evaluate {
             Some(_) => return score_parts(p, ctx),
             None => {}
         }
-        let conf = summed_confusion(ctx, CONFUSION.name)?;
-        let conf_crf = summed_crf_confusion(ctx, p, CONFUSION.name)?;
         // Every part predicted with the same centroids: the first part's are the run's.
         let centroids = ctx.parts(CENTROIDS.name)?[0].read_all()?;
         let k = centroids.iter().map(|b| b.num_rows()).sum::<usize>();
@@ -295,17 +293,7 @@ impl Stage for Evaluate {
             c_out.write(b)?;
         }
         c_out.set_meta("k", k);
-        let val = ctx.dataset()?.clone().open(Split::Val)?;
-        let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
-        score(
-            ctx,
-            p,
-            &conf,
-            conf_crf.as_ref(),
-            &is_thing,
-            p.kmeans_bn(),
-            None,
-        )
+        score_summed(ctx, p, CONFUSION.name)
     }
     fn new(p: EvaluateParams) -> Self {
         Self(p)
@@ -656,12 +644,18 @@ fn summed_confusion(ctx: &Context, output: &str) -> Result<Confusion, StageError
 /// The second round's join: the parts' confusion counts added, scored with the fitted
 /// centroids stored beside them.
 fn score_parts(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> {
-    let conf = summed_confusion(ctx, ROUND_STATS.name)?;
-    let conf_crf = summed_crf_confusion(ctx, p, ROUND_STATS.name)?;
     let (centroids, counts) = tables::read_centroids(ctx.input(ROUND_STATE.name)?, 1)?;
     let c_out = ctx.output(CENTROIDS.name)?;
     c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
     c_out.set_meta("k", counts.len());
+    score_summed(ctx, p, ROUND_STATS.name)
+}
+
+/// A join's scoring: the confusion counts (and with a CRF, those after it) that the parts
+/// stored as `output`, added and scored against the val classes.
+fn score_summed(ctx: &mut Context, p: &EvaluateParams, output: &str) -> Result<(), StageError> {
+    let conf = summed_confusion(ctx, output)?;
+    let conf_crf = summed_crf_confusion(ctx, p, output)?;
     let val = ctx.dataset()?.clone().open(Split::Val)?;
     let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
     score(

@@ -22,8 +22,6 @@ mod parity;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use thiserror::Error;
 
 pub use config::{BilateralKernel, ConfigError, CrfConfig, GaussianKernel};
@@ -158,35 +156,11 @@ pub fn refine_batch(
         image: 0,
         source: e.into(),
     })?;
-    let threads = threads.clamp(1, images.len().max(1));
-    let run = |i: usize| refine(cfg, &images[i]).map_err(|source| ImageError { image: i, source });
-    if threads == 1 {
-        return (0..images.len()).map(run).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, Result<Refined, ImageError>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= images.len() {
-                            break out;
-                        }
-                        out.push((i, run(i)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            // A worker panicking is a bug in this module: re-raise it where it happened.
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
+    crate::data::preprocess::par_map(images, threads, |img| refine(cfg, img))
+        .into_iter()
+        .enumerate()
+        .map(|(image, r)| r.map_err(|source| ImageError { image, source }))
+        .collect()
 }
 
 /// What one image's lattices hold, for the memory budget.
