@@ -3,6 +3,7 @@
 //!   `evaluate` and `backbone` stages elsewhere in the file).
 //! - Stored backbone tokens may only be read by a network whose backbone does not train,
 //!   and only if the `backbone` stage that made them describes that same backbone.
+//! - `evaluate` with `features: tokens` needs both stored-token inputs.
 
 use picie_core::model::NetConfig;
 use picie_engine::plan::{Plan, PlanProblem};
@@ -81,6 +82,29 @@ pub fn check(plan: &Plan) -> Vec<PlanProblem> {
             };
             out.extend(at.and_then(|a| patch_problem(plan, a, &p.net())));
             continue;
+        }
+        if node.kind == "evaluate" && node.provenance["params"]["features"] == "tokens" {
+            let missing: Vec<&str> = [TRAIN_TOKENS.name, VAL_TOKENS.name]
+                .into_iter()
+                .filter(|port| source(plan, i, port).is_none())
+                .collect();
+            if !missing.is_empty() {
+                out.push(PlanProblem {
+                    node: i,
+                    field: Some("features".into()),
+                    message: format!(
+                        "`features: tokens` clusters a frozen backbone's stored tokens, but \
+                         stage `{}` has no `{}` input",
+                        node.stage,
+                        missing.join("` or `")
+                    ),
+                    hint: Some(
+                        "give it `train_tokens` and `val_tokens` from `backbone` stages with \
+                         a `split`"
+                            .into(),
+                    ),
+                });
+            }
         }
         let Some(init) = init_of(plan, i) else {
             continue;

@@ -49,12 +49,25 @@ use picie_core::crf::{self, BilateralKernel, CrfConfig, CrfImage, GaussianKernel
 use picie_core::data::{preprocess, Split};
 use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as KmeansMode, Online};
 use picie_core::metrics::{self, Confusion, Matching};
-use picie_core::model::BnMode;
+use picie_core::model::{l2_normalize, BnMode};
 use picie_core::predict::{self, Predictor};
 use picie_core::transforms::geometric::to_tensor_normalised;
 use picie_engine::error::StageFailure;
 use picie_engine::shard::{ROUND_STATE, ROUND_STATS};
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
+
+/// What the fresh k-means clusters: the network's output, or a frozen backbone's stored
+/// tokens themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeaturesParam {
+    /// The network's L2-normalised output (the head on stored tokens, or the whole network).
+    #[default]
+    Head,
+    /// The stored tokens, L2-normalised, no head: the frozen backbone's own clusters, the
+    /// baseline a head trained on them has to beat (needs `train_tokens` and `val_tokens`).
+    Tokens,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +167,14 @@ pub struct EvaluateParams {
     /// STEGO's settings). Left out of the cache key when null, so keys stay what they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crf: Option<CrfParams>,
+    /// What is clustered: `head` (the network's output) or `tokens` (a frozen backbone's
+    /// stored tokens, no head). Left out of the cache key at its default.
+    #[serde(skip_serializing_if = "is_head")]
+    pub features: FeaturesParam,
+}
+
+fn is_head(f: &FeaturesParam) -> bool {
+    *f == FeaturesParam::Head
 }
 
 impl Default for EvaluateParams {
@@ -174,6 +195,7 @@ impl Default for EvaluateParams {
             train_limit: None,
             val_limit: None,
             crf: None,
+            features: FeaturesParam::Head,
         }
     }
 }
@@ -241,6 +263,13 @@ impl Stage for Evaluate {
             e.push(ParamError::new(
                 "view",
                 "only `predictor: dot_product` uses a view's centroids",
+            ));
+        }
+        if p.features == FeaturesParam::Tokens && p.predictor == Predictor::DotProduct {
+            e.push(ParamError::new(
+                "features",
+                "`tokens` clusters the stored tokens afresh; `dot_product` predicts with \
+                 trained centroids of the head's output",
             ));
         }
         if p.batch == 0 || p.threads == 0 {
@@ -375,7 +404,9 @@ impl Stage for Evaluate {
                 fresh.finish(&cfg, device)?
             }
         };
-        m.net.check_centroids(&centroids)?;
+        if p.features == FeaturesParam::Head {
+            m.net.check_centroids(&centroids)?;
+        }
         if ctx.round().is_none() {
             let c_out = ctx.output(CENTROIDS.name)?;
             c_out.write(&tables::centroids_batch(1, &centroids, &counts)?)?;
@@ -427,7 +458,7 @@ impl Stage for Evaluate {
             }
             let (pred, scores) = tch::no_grad(|| -> Result<(Tensor, Tensor), StageError> {
                 let z = match &tokens {
-                    Some(t) => m.net.forward_head(t)?,
+                    Some(t) => code(&m, t, p.features)?,
                     None => m
                         .net
                         .forward_t(&Tensor::stack(&imgs, 0).to_device(device), false)?,
@@ -495,6 +526,14 @@ impl Stage for Evaluate {
     }
 }
 
+/// What the predictions come from on stored tokens: the head's output, or the tokens.
+fn code(m: &Loaded, tokens: &Tensor, features: FeaturesParam) -> Result<Tensor, StageError> {
+    Ok(match features {
+        FeaturesParam::Head => m.net.forward_head(tokens)?,
+        FeaturesParam::Tokens => l2_normalize(&tokens.f_to_kind(tch::Kind::Float)?)?,
+    })
+}
+
 /// The fresh k-means's settings.
 fn fresh_config(p: &EvaluateParams, k: usize, seed: u64) -> KmeansConfig {
     KmeansConfig {
@@ -544,7 +583,7 @@ fn train_pass(
         let (chunk, tokens) = item?;
         seen += chunk.len();
         let z = match tokens {
-            Some(t) => tch::no_grad(|| m.net.forward_head(&t))?,
+            Some(t) => tch::no_grad(|| code(m, &t, p.features))?,
             None => {
                 let x = load_images(train.as_ref(), &chunk, p.res, p.threads)?;
                 tch::no_grad(|| m.net.forward_t(&x.to_device(device), train_bn))?
