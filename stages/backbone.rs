@@ -7,7 +7,10 @@
 //!   training, every token is read from the store.
 //! - with `split: train|val`: the tokens of a split's evaluation crops (shorter side to `res`,
 //!   centre crop, as `evaluate` makes them), read by `evaluate` in place of running the
-//!   backbone on the same images every epoch.
+//!   backbone on the same images every epoch. With `flip: true` the tokens of each crop's
+//!   horizontally flipped copy are stored beside it (rows with `flip` true), for
+//!   `evaluate`'s `flip: true` (STEGO's flip-averaged code); twice the forward passes and
+//!   the storage. `flip: false` (the default) leaves the cache key as it was.
 //!
 //! The stage builds the backbone itself from its params (`arch`, `weights`, ... as `init`
 //! has them), not from a checkpoint: its tokens then depend on the backbone alone, so a run
@@ -62,6 +65,10 @@ pub struct BackboneParams {
     pub batch: usize,
     pub threads: usize,
     pub limit: Option<usize>,
+    /// With `split`: also store the tokens of each crop's horizontally flipped copy (what
+    /// `evaluate`'s `flip: true` reads). Left out of the cache key when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flip: bool,
 }
 
 impl Default for BackboneParams {
@@ -78,6 +85,7 @@ impl Default for BackboneParams {
             batch: 16,
             threads: 2,
             limit: None,
+            flip: false,
         }
     }
 }
@@ -105,6 +113,9 @@ const NO_G: Geometric = Geometric {
     u_y: 0.0,
     flip: false,
 };
+
+/// The draw of a flipped evaluation crop.
+const FLIP_G: Geometric = Geometric { flip: true, ..NO_G };
 
 impl Stage for Backbone {
     type Params = BackboneParams;
@@ -151,6 +162,12 @@ impl Stage for Backbone {
         if p.res < 8 {
             e.push(ParamError::new("res", "must be at least 8"));
         }
+        if p.flip && p.split.is_none() {
+            e.push(ParamError::new(
+                "flip",
+                "flipped copies are stored for evaluation crops only: set `split` too",
+            ));
+        }
         e
     }
     fn input_files(p: &BackboneParams) -> Vec<(&'static str, PathBuf)> {
@@ -191,18 +208,17 @@ impl Stage for Backbone {
         // batches back.
         let mut write = |ctx: &mut Context,
                          images: &[u32],
-                         views: &[(u8, &tch::Tensor)],
-                         g: &[Geometric]|
+                         views: &[(u8, &tch::Tensor, &[Geometric])]|
          -> Result<(), StageError> {
             let w = ctx.output(port.name)?;
             if !begun {
                 let s = views[0].1.size();
-                tokens::begin(w, [s[1], s[2], s[3]], p.precision, &digest);
+                tokens::begin_with_flips(w, [s[1], s[2], s[3]], p.precision, &digest, p.flip);
                 begun = true;
             }
             let parts = views
                 .iter()
-                .map(|(view, t)| tokens::rows(images, *view, g, t, p.precision))
+                .map(|(view, t, g)| tokens::rows(images, *view, g, t, p.precision))
                 .collect::<Result<Vec<_>, _>>()?;
             w.write(&arrow::compute::concat_batches(&parts[0].schema(), &parts)?)
         };
@@ -218,9 +234,22 @@ impl Stage for Backbone {
                 for chunk in ids.chunks(p.batch) {
                     ctx.check_cancelled()?;
                     let x = load_images(ds.as_ref(), chunk, p.res, p.threads)?;
-                    let t = tch::no_grad(|| m.net.forward_tokens(&x.to_device(device)))?;
+                    let x = x.to_device(device);
+                    let t = tch::no_grad(|| m.net.forward_tokens(&x))?;
                     let images: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
-                    write(ctx, &images, &[(EVAL_VIEW, &t)], &vec![NO_G; chunk.len()])?;
+                    let plain = vec![NO_G; chunk.len()];
+                    if p.flip {
+                        // The flipped crop's tokens as computed, not flipped back.
+                        let tf = tch::no_grad(|| m.net.forward_tokens(&x.flip([3])))?;
+                        let flipped = vec![FLIP_G; chunk.len()];
+                        write(
+                            ctx,
+                            &images,
+                            &[(EVAL_VIEW, &t, &plain), (EVAL_VIEW, &tf, &flipped)],
+                        )?;
+                    } else {
+                        write(ctx, &images, &[(EVAL_VIEW, &t, &plain)])?;
+                    }
                     ctx.progress().inc(chunk.len() as u64);
                 }
             }
@@ -229,7 +258,8 @@ impl Stage for Backbone {
                     let (x1, x2) = (b.view1.to_device(device), b.view2.to_device(device));
                     let t1 = tch::no_grad(|| m.net.forward_tokens(&x1))?;
                     let t2 = tch::no_grad(|| m.net.forward_tokens(&x2))?;
-                    write(ctx, &b.images, &[(1, &t1), (2, &t2)], &b.geometric)?;
+                    let g = b.geometric.as_slice();
+                    write(ctx, &b.images, &[(1, &t1, g), (2, &t2, g)])?;
                     ctx.progress().inc(b.images.len() as u64);
                 }
             }

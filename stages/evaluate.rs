@@ -24,6 +24,23 @@
 //! (`miou_crf`, `pixel_accuracy_crf`, `per_class_iou_crf`; the CRF's labels get their own
 //! cluster-to-class matching). The CRF runs on `threads` threads, a few images at a time.
 //!
+//! Probes (`probe` input, from a `probe` stage on the same checkpoint): `predictor:
+//! cluster_probe` predicts val with the trained cluster probe's centroids (cosine
+//! similarity; no fresh k-means; k is the probe's, matched as any clusters are; the CRF's
+//! soft form is STEGO's softmax(2 cos) at the default `crf.temperature` 0.5). With a probe
+//! the linear probe is scored on val too, whatever the predictor: its argmax is a class, no
+//! matching, scored into `linear_miou_supervised` / `linear_accuracy_supervised` (and their
+//! `_crf` pair with `crf`, its unary -log softmax of the logits). It was trained on the
+//! ground truth: a supervised measure of the code, kept apart from the unsupervised columns.
+//!
+//! STEGO's evaluation options, off by default (the release's PiCIE protocol): `upsample:
+//! code` upsamples the code (bilinear, align_corners false, then L2-normalised again) to
+//! `res` before the scores instead of the scores after them (`scores`); `flip: true` averages
+//! the val code with the flipped-back code of the horizontally flipped crop (then
+//! L2-normalised again): the flipped image through the network, or with `val_tokens` the
+//! flipped crops' tokens that `backbone` stores with `flip: true`. Both apply to the val
+//! predictions (unsupervised and linear) only; the fresh k-means pass is unchanged.
+//!
 //! Sharded: `dot_product` splits the val images. The fresh k-means with `bn: eval` runs in
 //! two rounds: the parts store their share of the training features and the first join fits
 //! k-means on them in order; the parts then predict their share of val with those centroids
@@ -40,9 +57,9 @@ use tracing::info;
 use crate::io::checkpoint::{self, Loaded};
 use crate::io::lloyd_rounds;
 use crate::io::ports::{
-    CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS, TRAIN_TOKENS, VAL_TOKENS,
+    CENTROIDS, CHECKPOINT, CONFUSION, HISTORY, METRICS, PROBE, TRAIN_TOKENS, VAL_TOKENS,
 };
-use crate::io::tables::{self, EpochMetrics};
+use crate::io::tables::{self, EpochMetrics, ProbeWeights};
 use crate::io::tokens::Tokens;
 use crate::sections::PicieContext;
 use picie_core::crf::{self, BilateralKernel, CrfConfig, CrfImage, GaussianKernel};
@@ -51,6 +68,7 @@ use picie_core::kmeans::{self, zero_minibatch_rows, KmeansConfig, Mode as Kmeans
 use picie_core::metrics::{self, Confusion, Matching};
 use picie_core::model::{l2_normalize, BnMode};
 use picie_core::predict::{self, Predictor};
+use picie_core::stego::probe::{linear_logits, supervised_scores};
 use picie_core::transforms::geometric::to_tensor_normalised;
 use picie_engine::error::StageFailure;
 use picie_engine::shard::{ROUND_STATE, ROUND_STATS};
@@ -67,6 +85,19 @@ pub enum FeaturesParam {
     /// The stored tokens, L2-normalised, no head: the frozen backbone's own clusters, the
     /// baseline a head trained on them has to beat (needs `train_tokens` and `val_tokens`).
     Tokens,
+}
+
+/// Where the val predictions are upsampled to `res`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsampleParam {
+    /// The scores (or a linear probe's logits) at the feature map's resolution, upsampled
+    /// (the PiCIE release).
+    #[default]
+    Scores,
+    /// The code, upsampled and L2-normalised again, then scored at `res` (STEGO's
+    /// evaluation). Holds D x res x res values of one image at a time.
+    Code,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,10 +202,23 @@ pub struct EvaluateParams {
     /// stored tokens, no head). Left out of the cache key at its default.
     #[serde(skip_serializing_if = "is_head")]
     pub features: FeaturesParam,
+    /// Where the val predictions are upsampled: `scores` (default, as released) or `code`
+    /// (STEGO). Left out of the cache key at its default.
+    #[serde(skip_serializing_if = "is_scores")]
+    pub upsample: UpsampleParam,
+    /// Average the val code with the flipped-back code of the horizontally flipped crop
+    /// (STEGO's evaluation). With `val_tokens`, those must store the flipped crops
+    /// (`backbone` with `flip: true`). Left out of the cache key when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flip: bool,
 }
 
 fn is_head(f: &FeaturesParam) -> bool {
     *f == FeaturesParam::Head
+}
+
+fn is_scores(u: &UpsampleParam) -> bool {
+    *u == UpsampleParam::Scores
 }
 
 impl Default for EvaluateParams {
@@ -196,6 +240,8 @@ impl Default for EvaluateParams {
             val_limit: None,
             crf: None,
             features: FeaturesParam::Head,
+            upsample: UpsampleParam::Scores,
+            flip: false,
         }
     }
 }
@@ -204,8 +250,12 @@ impl EvaluateParams {
     /// The BatchNorm mode of the fresh k-means pass; `None` when there is no such pass.
     pub fn kmeans_bn(&self) -> Option<BnMode> {
         match self.predictor {
+            // Stored tokens pass through no BatchNorm: the running statistics are moot.
+            Predictor::NearestCentroid if self.features == FeaturesParam::Tokens => {
+                Some(BnMode::Eval)
+            }
             Predictor::NearestCentroid => Some(self.bn.unwrap_or(BnMode::Train)),
-            Predictor::DotProduct => None,
+            Predictor::DotProduct | Predictor::ClusterProbe => None,
         }
     }
 }
@@ -229,6 +279,7 @@ impl Stage for Evaluate {
             HISTORY.optional(),
             TRAIN_TOKENS.optional(),
             VAL_TOKENS.optional(),
+            PROBE.optional(),
         ]
     }
     fn outputs(p: &EvaluateParams) -> Vec<Port> {
@@ -250,11 +301,11 @@ impl Stage for Evaluate {
         for field in zero_minibatch_rows(p.init_rows, p.batch_rows) {
             e.push(ParamError::new(field, "must be positive"));
         }
-        if p.bn.is_some() && p.predictor == Predictor::DotProduct {
+        if p.bn.is_some() && p.predictor != Predictor::NearestCentroid {
             e.push(ParamError::new(
                 "bn",
                 "only `predictor: nearest_centroid` runs a fresh k-means pass; dot_product \
-                 predicts with the checkpoint as it is",
+                 and cluster_probe predict with the checkpoint as it is",
             ));
         }
         if !(1..=2).contains(&p.view) {
@@ -265,11 +316,11 @@ impl Stage for Evaluate {
                 "only `predictor: dot_product` uses a view's centroids",
             ));
         }
-        if p.features == FeaturesParam::Tokens && p.predictor == Predictor::DotProduct {
+        if p.features == FeaturesParam::Tokens && p.predictor != Predictor::NearestCentroid {
             e.push(ParamError::new(
                 "features",
-                "`tokens` clusters the stored tokens afresh; `dot_product` predicts with \
-                 trained centroids of the head's output",
+                "`tokens` clusters the stored tokens afresh; `dot_product` and \
+                 `cluster_probe` predict with trained centroids of the head's output",
             ));
         }
         if p.batch == 0 || p.threads == 0 {
@@ -344,8 +395,30 @@ impl Stage for Evaluate {
         let data = ctx.dataset()?.clone();
         let val = data.open(Split::Val)?;
         let classes = val.classes().len();
-        // dot_product predicts with the training centroids, so their count is k.
+        let probe = read_probe(ctx, &p, &m, classes)?;
+        // dot_product predicts with the training centroids, so their count is k; so does
+        // cluster_probe with the probe's.
         let trained = match p.predictor {
+            Predictor::ClusterProbe => {
+                let Some(probe) = &probe else {
+                    return Err(StageError::msg(
+                        "predictor `cluster_probe` needs the `probe` input (a `probe` stage's \
+                         `probe` on the same checkpoint)",
+                    ));
+                };
+                let k = probe.centroids.size()[0] as usize;
+                if let Some(want) = p.k.filter(|&want| want != k) {
+                    return Err(StageError::msg(format!(
+                        "k = {want} but the `probe` input's cluster probe has {k} centroids: \
+                         leave `k` unset with `predictor: cluster_probe`, or give the probe \
+                         stage `k: {want}`"
+                    )));
+                }
+                // Unit centroids: the stored centroids then predict the same with any of the
+                // predictors (`picie report` uses nearest_centroid's rule).
+                let c = l2_normalize(&probe.centroids)?;
+                Some((c.to_device(device), vec![0; k]))
+            }
             Predictor::DotProduct => {
                 if !ctx.has_input(CENTROIDS.name) {
                     return Err(StageError::msg(
@@ -428,15 +501,30 @@ impl Stage for Evaluate {
             .map(|_| Confusion::new(classes, k))
             .transpose()?;
         let mut cluster_px = vec![0u64; k];
+        // The linear probe's predictions are classes: a classes x classes confusion.
+        let linear = probe.as_ref().and_then(|p| p.linear.as_ref());
+        let linear = linear.map(|(w, b)| (w.to_device(device), b.to_device(device)));
+        let mut conf_linear = linear
+            .as_ref()
+            .map(|_| Confusion::new(classes, classes))
+            .transpose()?;
+        let mut conf_linear_crf = linear
+            .as_ref()
+            .and(p.crf.as_ref())
+            .map(|_| Confusion::new(classes, classes))
+            .transpose()?;
         // A part predicts its share of the val images (whole batches).
         let want = ctx.shard_items(n, p.batch);
         let ids: Vec<usize> = want.clone().collect();
         ctx.progress().set_length(ids.len() as u64);
         let val_tokens = open_tokens(ctx, VAL_TOKENS.name, digest.as_deref())?;
+        if p.flip && val_tokens.as_ref().is_some_and(|t| !t.has_flips()) {
+            return Err(no_flips());
+        }
         let mut seen = 0;
         for item in passes(val_tokens.as_ref(), &ids, p.batch, want, 0..usize::MAX) {
             ctx.check_cancelled()?;
-            let (chunk, tokens) = item?;
+            let (chunk, tokens, flipped) = item?;
             seen += chunk.len();
             let chunk = chunk.as_slice();
             let loaded = preprocess::par_map(chunk, p.threads, |&i| {
@@ -456,31 +544,98 @@ impl Stage for Evaluate {
                 }
                 masks.push(mask);
             }
-            let (pred, scores) = tch::no_grad(|| -> Result<(Tensor, Tensor), StageError> {
+            let res = p.res as i64;
+            let (pred, scores, logits) = tch::no_grad(|| -> Result<_, StageError> {
                 let z = match &tokens {
-                    Some(t) => code(&m, t, p.features)?,
-                    None => m
-                        .net
-                        .forward_t(&Tensor::stack(&imgs, 0).to_device(device), false)?,
+                    Some(t) => {
+                        let z = code(&m, t, p.features)?;
+                        match (p.flip, &flipped) {
+                            (false, _) => z,
+                            (true, Some(f)) => {
+                                predict::flip_averaged(&z, &code(&m, f, p.features)?)
+                            }
+                            (true, None) => return Err(no_flips()),
+                        }
+                    }
+                    None => {
+                        let x = Tensor::stack(&imgs, 0).to_device(device);
+                        let z = m.net.forward_t(&x, false)?;
+                        if p.flip {
+                            predict::flip_averaged(&z, &m.net.forward_t(&x.flip([3]), false)?)
+                        } else {
+                            z
+                        }
+                    }
                 };
-                let up = predict::upsampled_scores(&z, &centroids, p.predictor, p.res as i64);
-                Ok((up.argmax(1, false).to_device(tch::Device::Cpu), up))
+                // Scores (and the linear probe's logits) at `res` of code `z`.
+                let score = |z: &Tensor| -> Result<(Tensor, Option<Tensor>), StageError> {
+                    let up = predict::upsampled_scores(z, &centroids, p.predictor, res);
+                    let logits = linear
+                        .as_ref()
+                        .map(|(w, b)| {
+                            linear_logits(z, w, b)
+                                .map(|l| predict::upsampled(&l, res))
+                                .map_err(|e| StageError::msg(format!("the linear probe: {e}")))
+                        })
+                        .transpose()?;
+                    Ok((up, logits))
+                };
+                let (up, logits) = match p.upsample {
+                    UpsampleParam::Scores => score(&z)?,
+                    // One image at a time: the upsampled code is D x res x res per image.
+                    UpsampleParam::Code => {
+                        let mut ups = Vec::new();
+                        let mut logits = Vec::new();
+                        for i in 0..z.size()[0] {
+                            let zi = predict::upsampled_code(&z.narrow(0, i, 1), res);
+                            let (u, l) = score(&zi)?;
+                            ups.push(u);
+                            logits.extend(l);
+                        }
+                        let logits = (!logits.is_empty()).then(|| Tensor::cat(&logits, 0));
+                        (Tensor::cat(&ups, 0), logits)
+                    }
+                };
+                Ok((up.argmax(1, false).to_device(tch::Device::Cpu), up, logits))
             })?;
             let pred = Vec::<i64>::try_from(pred.flatten(0, -1))?;
             let per = (p.res * p.res) as usize;
-            if let (Some(c), Some(conf_crf)) = (&p.crf, conf_crf.as_mut()) {
-                let labels = crf_labels(c, &scores, &rgbs, p.predictor, p.threads, |j| {
-                    val.id(chunk[j])
-                })?;
+            let add_labels = |conf: &mut Confusion, labels: &[Vec<u32>]| {
                 for (j, mask) in masks.iter().enumerate() {
                     if let Some(mask) = mask {
-                        conf_crf
-                            .add(&mask.data, &labels[j], Some(ignore))
+                        conf.add(&mask.data, &labels[j], Some(ignore))
                             .map_err(|e| StageError::context(val.id(chunk[j]), e))?;
                     }
                 }
+                Ok::<_, StageError>(())
+            };
+            if let (Some(c), Some(conf_crf)) = (&p.crf, conf_crf.as_mut()) {
+                let soft = |s: &Tensor| predict::unary(s, p.predictor, c.temperature);
+                let labels = crf_labels(c, &scores, &rgbs, &soft, p.threads, |j| val.id(chunk[j]))?;
+                add_labels(conf_crf, &labels)?;
             }
             drop(scores);
+            if let (Some(logits), Some(conf_linear)) = (&logits, conf_linear.as_mut()) {
+                let classes_px = Vec::<i64>::try_from(
+                    logits
+                        .argmax(1, false)
+                        .to_device(tch::Device::Cpu)
+                        .flatten(0, -1),
+                )?;
+                let labels: Vec<Vec<u32>> = classes_px
+                    .chunks(per)
+                    .map(|c| c.iter().map(|&v| v as u32).collect())
+                    .collect();
+                add_labels(conf_linear, &labels)?;
+                if let (Some(c), Some(conf)) = (&p.crf, conf_linear_crf.as_mut()) {
+                    let labels =
+                        crf_labels(c, logits, &rgbs, &predict::logits_unary, p.threads, |j| {
+                            val.id(chunk[j])
+                        })?;
+                    add_labels(conf, &labels)?;
+                }
+            }
+            drop(logits);
             for (j, mask) in masks.iter().enumerate() {
                 let px: Vec<u32> = pred[j * per..(j + 1) * per]
                     .iter()
@@ -506,10 +661,16 @@ impl Stage for Evaluate {
             };
             let out = ctx.output(out)?;
             out.write(&tables::confusion_batch(&conf)?)?;
-            if let Some(c) = &conf_crf {
-                // The join adds these too; beside the table, so that table stays what a
-                // run without a CRF writes.
-                out.set_meta(CRF_CONFUSION, confusion_json(c));
+            // The join adds these too; beside the table, so that table stays what a run
+            // without a CRF or a probe writes.
+            for (key, c) in [
+                (CRF_CONFUSION, &conf_crf),
+                (LINEAR_CONFUSION, &conf_linear),
+                (LINEAR_CRF_CONFUSION, &conf_linear_crf),
+            ] {
+                if let Some(c) = c {
+                    out.set_meta(key, confusion_json(c));
+                }
             }
             return Ok(());
         }
@@ -517,13 +678,68 @@ impl Stage for Evaluate {
         score(
             ctx,
             &p,
-            &conf,
-            conf_crf.as_ref(),
+            &Confusions {
+                clusters: &conf,
+                crf: conf_crf.as_ref(),
+                linear: conf_linear.as_ref(),
+                linear_crf: conf_linear_crf.as_ref(),
+            },
             &is_thing,
             bn,
             Some(&cluster_px),
         )
     }
+}
+
+/// The `probe` input, when wired: checked against the network (the code's channels, the
+/// val classes) and against the checkpoint it was trained on, which must be this one.
+fn read_probe(
+    ctx: &Context,
+    p: &EvaluateParams,
+    m: &Loaded,
+    classes: usize,
+) -> Result<Option<ProbeWeights>, StageError> {
+    if !ctx.has_input(PROBE.name) {
+        return Ok(None);
+    }
+    if p.features == FeaturesParam::Tokens {
+        return Err(StageError::msg(
+            "the `probe` input's probes read the head's code; `features: tokens` predicts \
+             from the tokens themselves",
+        ));
+    }
+    let a = ctx.input(PROBE.name)?;
+    let ours = ctx.input(CHECKPOINT.name)?.key().to_string();
+    if let Some(theirs) = a.meta("checkpoint").and_then(|v| v.as_str()) {
+        if theirs != ours {
+            return Err(StageError::msg(format!(
+                "the `probe` input was trained on checkpoint {theirs}, this evaluation reads \
+                 {ours}: give the probe stage the same `checkpoint`"
+            )));
+        }
+    }
+    let w = tables::read_probe(a)?;
+    m.net
+        .check_centroids(&w.centroids)
+        .map_err(|e| StageError::msg(format!("the `probe` input's cluster probe: {e}")))?;
+    if let Some((lw, _)) = &w.linear {
+        if lw.size()[0] as usize != classes {
+            return Err(StageError::msg(format!(
+                "the `probe` input's linear probe has {} classes, the val split {classes}",
+                lw.size()[0]
+            )));
+        }
+    }
+    Ok(Some(w))
+}
+
+/// `flip: true` with val tokens that hold no flipped crops.
+fn no_flips() -> StageError {
+    StageError::msg(format!(
+        "`flip: true` averages each val crop with its flipped copy, but the `{}` input holds \
+         no flipped crops: give the backbone stage that makes them `flip: true`",
+        VAL_TOKENS.name
+    ))
 }
 
 /// What the predictions come from on stored tokens: the head's output, or the tokens.
@@ -580,7 +796,7 @@ fn train_pass(
     let mut seen = 0;
     for item in passes(tokens.as_ref(), &ids, p.batch, 0..n, batches) {
         ctx.check_cancelled()?;
-        let (chunk, tokens) = item?;
+        let (chunk, tokens, _) = item?;
         seen += chunk.len();
         let z = match tokens {
             Some(t) => tch::no_grad(|| code(m, &t, p.features))?,
@@ -694,22 +910,38 @@ fn score_parts(p: &EvaluateParams, ctx: &mut Context) -> Result<(), StageError> 
 /// stored as `output`, added and scored against the val classes.
 fn score_summed(ctx: &mut Context, p: &EvaluateParams, output: &str) -> Result<(), StageError> {
     let conf = summed_confusion(ctx, output)?;
-    let conf_crf = summed_crf_confusion(ctx, p, output)?;
+    let crf = p.crf.is_some();
+    let conf_crf = summed_meta_confusion(ctx, crf, output, CRF_CONFUSION)?;
+    // A probe without a linear probe writes no linear counts: not required.
+    let conf_linear = summed_meta_confusion(ctx, false, output, LINEAR_CONFUSION)?;
+    let conf_linear_crf = summed_meta_confusion(
+        ctx,
+        crf && conf_linear.is_some(),
+        output,
+        LINEAR_CRF_CONFUSION,
+    )?;
     let val = ctx.dataset()?.clone().open(Split::Val)?;
     let is_thing: Option<Vec<bool>> = val.classes().iter().map(|c| c.is_thing).collect();
     score(
         ctx,
         p,
-        &conf,
-        conf_crf.as_ref(),
+        &Confusions {
+            clusters: &conf,
+            crf: conf_crf.as_ref(),
+            linear: conf_linear.as_ref(),
+            linear_crf: conf_linear_crf.as_ref(),
+        },
         &is_thing,
         p.kmeans_bn(),
         None,
     )
 }
 
-/// The meta key of a part's CRF confusion counts.
+/// The meta keys of a part's CRF confusion counts, and of its linear probe's (before and
+/// after the CRF).
 const CRF_CONFUSION: &str = "crf_confusion";
+const LINEAR_CONFUSION: &str = "linear_confusion";
+const LINEAR_CRF_CONFUSION: &str = "linear_crf_confusion";
 
 /// A confusion's shape and row-major counts, as part meta.
 fn confusion_json(c: &Confusion) -> serde_json::Value {
@@ -719,20 +951,26 @@ fn confusion_json(c: &Confusion) -> serde_json::Value {
     serde_json::json!({"classes": c.classes(), "clusters": c.clusters(), "counts": counts})
 }
 
-/// The parts' CRF confusion counts (meta of their `output`), added up; `None` without a CRF.
-fn summed_crf_confusion(
+/// The parts' confusion counts stored as meta `key` of their `output`, added up; `None`
+/// when no part has them. `required`: every part must (a CRF evaluation's CRF counts).
+fn summed_meta_confusion(
     ctx: &Context,
-    p: &EvaluateParams,
+    required: bool,
     output: &str,
+    key: &str,
 ) -> Result<Option<Confusion>, StageError> {
-    if p.crf.is_none() {
+    let mut total: Option<Confusion> = None;
+    let parts = ctx.parts(output)?;
+    let with = parts.iter().filter(|a| a.meta(key).is_some()).count();
+    if with == 0 && !required {
         return Ok(None);
     }
-    let mut total: Option<Confusion> = None;
-    for part in ctx.parts(output)? {
-        let v = part
-            .meta(CRF_CONFUSION)
-            .ok_or_else(|| StageError::msg("a part of a CRF evaluation lacks its CRF counts"))?;
+    for part in parts {
+        let v = part.meta(key).ok_or_else(|| {
+            StageError::msg(format!(
+                "a part of this evaluation lacks its `{key}` counts"
+            ))
+        })?;
         let dim = |key: &str| v.get(key).and_then(|x| x.as_u64()).unwrap_or(0) as usize;
         let counts: Vec<u64> = v
             .get("counts")
@@ -740,7 +978,7 @@ fn summed_crf_confusion(
             .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
             .unwrap_or_default();
         let c = Confusion::from_counts(dim("classes"), dim("clusters"), counts)
-            .map_err(|e| StageError::msg(format!("a part's CRF counts: {e}")))?;
+            .map_err(|e| StageError::msg(format!("a part's `{key}` counts: {e}")))?;
         match total.as_mut() {
             None => total = Some(c),
             Some(t) => t.merge(&c)?,
@@ -749,14 +987,15 @@ fn summed_crf_confusion(
     Ok(total)
 }
 
-/// The CRF's labels of a batch (row-major, one vector per image): the soft form of the
-/// predictor's upsampled `scores` (N x K x H x W) as the unary, the evaluation crops'
-/// `rgbs` as the images. `threads` images at a time, so only their unaries are in memory.
+/// The CRF's labels of a batch (row-major, one vector per image): `soft` of the upsampled
+/// `scores` (N x K x H x W; the predictor's soft form, or a linear probe's) as the unary,
+/// the evaluation crops' `rgbs` as the images. `threads` images at a time, so only their
+/// unaries are in memory.
 fn crf_labels(
     c: &CrfParams,
     scores: &Tensor,
     rgbs: &[Vec<u8>],
-    predictor: Predictor,
+    soft: &dyn Fn(&Tensor) -> Tensor,
     threads: usize,
     id: impl Fn(usize) -> String,
 ) -> Result<Vec<Vec<u32>>, StageError> {
@@ -772,12 +1011,7 @@ fn crf_labels(
     for start in (0..rgbs.len()).step_by(threads.max(1)) {
         let end = (start + threads.max(1)).min(rgbs.len());
         let unary = tch::no_grad(|| {
-            predict::unary(
-                &scores.narrow(0, start as i64, (end - start) as i64),
-                predictor,
-                c.temperature,
-            )
-            .to_device(tch::Device::Cpu)
+            soft(&scores.narrow(0, start as i64, (end - start) as i64)).to_device(tch::Device::Cpu)
         });
         let unary = Vec::<f32>::try_from(unary.flatten(0, -1))?;
         let per = (h * w * k) as usize;
@@ -797,17 +1031,26 @@ fn crf_labels(
     Ok(labels)
 }
 
+/// The confusion counts an evaluation scores: its clusters', after the CRF, and the linear
+/// probe's (classes x classes), after the CRF.
+struct Confusions<'a> {
+    clusters: &'a Confusion,
+    crf: Option<&'a Confusion>,
+    linear: Option<&'a Confusion>,
+    linear_crf: Option<&'a Confusion>,
+}
+
 /// Matches clusters to classes and writes the metrics (the history's rows, then this
 /// epoch's) and the confusion counts.
 fn score(
     ctx: &mut Context,
     p: &EvaluateParams,
-    conf: &Confusion,
-    conf_crf: Option<&Confusion>,
+    confs: &Confusions,
     is_thing: &Option<Vec<bool>>,
     bn: Option<BnMode>,
     cluster_px: Option<&[u64]>,
 ) -> Result<(), StageError> {
+    let (conf, conf_crf) = (confs.clusters, confs.crf);
     let k = conf.clusters();
     let history: Vec<RecordBatch> = if ctx.has_input(HISTORY.name) {
         ctx.input(HISTORY.name)?.read_all()?
@@ -839,9 +1082,17 @@ fn score(
     let crf = conf_crf
         .map(|c| metrics::evaluate(c, matching, is_thing.as_deref()).map(|r| r.0))
         .transpose()?;
+    // The linear probe's predictions are classes: scored as they are, no matching.
+    let supervised = |c: Option<&Confusion>| {
+        c.map(|c| supervised_scores(c, is_thing.as_deref()))
+            .transpose()
+            .map_err(|e| StageError::msg(format!("the linear probe's scores: {e}")))
+    };
+    let (linear, linear_crf) = (supervised(confs.linear)?, supervised(confs.linear_crf)?);
     let predictor = match p.predictor {
         Predictor::NearestCentroid => "nearest_centroid".to_string(),
         Predictor::DotProduct => format!("dot_product_view{}", p.view),
+        Predictor::ClusterProbe => "cluster_probe".to_string(),
     };
     let bn_note = bn.map_or(String::new(), |b| format!(", BatchNorm {}", b.as_str()));
     info!(
@@ -854,6 +1105,12 @@ fn score(
             c.miou, c.pixel_accuracy
         );
     }
+    if let Some(l) = &linear {
+        info!(
+            "epoch {epoch}: linear probe (SUPERVISED) mIoU {:.2}, pixel accuracy {:.2}",
+            l.miou, l.pixel_accuracy
+        );
+    }
     out.write(&tables::metrics_batch(&EpochMetrics {
         epoch,
         predictor: &predictor,
@@ -861,12 +1118,22 @@ fn score(
         scores: &mt,
         kmeans_bn: bn.map(BnMode::as_str),
         crf: crf.as_ref(),
+        linear: linear.as_ref(),
+        linear_crf: linear_crf.as_ref(),
     })?)?;
     out.set_meta("miou", mt.miou);
     out.set_meta("pixel_accuracy", mt.pixel_accuracy);
     if let Some(c) = &crf {
         out.set_meta("miou_crf", c.miou);
         out.set_meta("pixel_accuracy_crf", c.pixel_accuracy);
+    }
+    for (name, m) in [
+        ("linear_miou_supervised", &linear),
+        ("linear_miou_supervised_crf", &linear_crf),
+    ] {
+        if let Some(m) = m {
+            out.set_meta(name, m.miou);
+        }
     }
 
     let conf_out = ctx.output(CONFUSION.name)?;
@@ -889,8 +1156,9 @@ fn open_tokens(
     Ok(Some(t))
 }
 
-/// One batch of a pass: image ids, and their stored tokens when there are any.
-type PassBatch = Result<(Vec<usize>, Option<Tensor>), StageError>;
+/// One batch of a pass: image ids, their stored tokens when there are any, and their
+/// flipped crops' tokens when those are stored too.
+type PassBatch = Result<(Vec<usize>, Option<Tensor>, Option<Tensor>), StageError>;
 
 /// The batches of one pass: (image ids, their tokens) from the stored tokens' written
 /// batches `batches`, keeping the images in `want`; or `ids` in chunks of `batch`, for the
@@ -903,19 +1171,24 @@ fn passes<'a>(
     batches: std::ops::Range<usize>,
 ) -> Box<dyn Iterator<Item = PassBatch> + 'a> {
     match tokens {
-        Some(t) => Box::new(t.eval_batches_in(batches).filter_map(move |r| match r {
-            Err(e) => Some(Err(e)),
-            Ok((got, t)) => {
-                let keep: Vec<i64> = (0..got.len() as i64)
-                    .filter(|&j| want.contains(&got[j as usize]))
-                    .collect();
-                (!keep.is_empty()).then(|| {
-                    let chunk = keep.iter().map(|&j| got[j as usize]).collect();
-                    Ok((chunk, Some(t.index_select(0, &Tensor::from_slice(&keep)))))
-                })
-            }
-        })),
-        None => Box::new(ids.chunks(batch).map(|c| Ok((c.to_vec(), None)))),
+        Some(t) => Box::new(
+            t.eval_batches_with_flips_in(batches)
+                .filter_map(move |r| match r {
+                    Err(e) => Some(Err(e)),
+                    Ok((got, t, f)) => {
+                        let keep: Vec<i64> = (0..got.len() as i64)
+                            .filter(|&j| want.contains(&got[j as usize]))
+                            .collect();
+                        (!keep.is_empty()).then(|| {
+                            let chunk = keep.iter().map(|&j| got[j as usize]).collect();
+                            let keep = Tensor::from_slice(&keep);
+                            let f = f.map(|f| f.index_select(0, &keep));
+                            Ok((chunk, Some(t.index_select(0, &keep)), f))
+                        })
+                    }
+                }),
+        ),
+        None => Box::new(ids.chunks(batch).map(|c| Ok((c.to_vec(), None, None)))),
     }
 }
 
@@ -983,6 +1256,55 @@ mod tests {
             ..dot
         };
         assert!(Evaluate::validate(&bad).iter().any(|e| e.field == "bn"));
+    }
+
+    /// `upsample` and `flip` stay out of the cache key at their defaults; the cluster probe
+    /// runs no fresh k-means pass, so takes no `bn`, and reads the head's code.
+    #[test]
+    fn probe_flip_and_upsample_params() {
+        let p = EvaluateParams::default();
+        let key = serde_json::to_value(&p).unwrap();
+        assert!(
+            key.get("upsample").is_none() && key.get("flip").is_none(),
+            "{key}"
+        );
+        let on = EvaluateParams {
+            upsample: UpsampleParam::Code,
+            flip: true,
+            ..p.clone()
+        };
+        let key = serde_json::to_value(&on).unwrap();
+        assert_eq!(
+            (&key["upsample"], &key["flip"]),
+            (&"code".into(), &true.into())
+        );
+        let probe = EvaluateParams {
+            predictor: Predictor::ClusterProbe,
+            ..p
+        };
+        assert!(Evaluate::validate(&probe).is_empty());
+        assert_eq!(probe.kmeans_bn(), None);
+        assert_eq!(Evaluate::rounds(&probe), 1);
+        assert!(Evaluate::shardable(&probe).is_ok());
+        for (bad, field) in [
+            (
+                EvaluateParams {
+                    bn: Some(BnMode::Eval),
+                    ..probe.clone()
+                },
+                "bn",
+            ),
+            (
+                EvaluateParams {
+                    features: FeaturesParam::Tokens,
+                    ..probe.clone()
+                },
+                "features",
+            ),
+        ] {
+            let e = Evaluate::validate(&bad);
+            assert!(e.iter().any(|e| e.field == field), "{e:?}");
+        }
     }
 
     /// Without `crf` the params serialise as before (the cache key is unchanged); with it,

@@ -17,6 +17,7 @@ pub mod kmeans;
 pub mod knn;
 pub mod label;
 pub mod memory;
+pub mod probe;
 pub mod sections;
 pub mod stego;
 pub mod train;
@@ -36,7 +37,9 @@ pub fn builtin() -> Registry {
         .register::<label::Label>()
         .register::<train::Train>()
         .register::<stego::Stego>()
+        .register::<probe::Probe>()
         .register::<evaluate::Evaluate>()
-        .check_plan(checks::check);
+        .check_plan(checks::check)
+        .check_plan(probe::check);
     r
 }

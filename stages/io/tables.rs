@@ -556,6 +556,13 @@ pub fn metrics_schema() -> Arc<Schema> {
             DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
             true,
         ),
+        // The linear probe's scores (evaluate's `probe` input): SUPERVISED, trained on the
+        // ground truth, no matching; never part of the unsupervised figures above. Null
+        // without a probe; the `_crf` pair also without `crf`.
+        Field::new("linear_miou_supervised", DataType::Float64, true),
+        Field::new("linear_accuracy_supervised", DataType::Float64, true),
+        Field::new("linear_miou_supervised_crf", DataType::Float64, true),
+        Field::new("linear_accuracy_supervised_crf", DataType::Float64, true),
     ]))
 }
 
@@ -570,6 +577,9 @@ pub struct EpochMetrics<'a> {
     pub kmeans_bn: Option<&'a str>,
     /// The scores after the dense CRF, when one ran.
     pub crf: Option<&'a Scores>,
+    /// The linear probe's supervised scores (with a `probe` input), and after the CRF.
+    pub linear: Option<&'a Scores>,
+    pub linear_crf: Option<&'a Scores>,
 }
 
 /// The `metrics` table's row for one epoch.
@@ -605,6 +615,12 @@ pub fn metrics_batch(m: &EpochMetrics) -> Result<RecordBatch, StageError> {
             .map(|c| {
                 c.per_class_iou.iter().map(|v| Some(*v)).collect::<Vec<_>>()
             })])),
+        Arc::new(Float64Array::from(vec![m.linear.map(|c| c.miou)])),
+        Arc::new(Float64Array::from(vec![m.linear.map(|c| c.pixel_accuracy)])),
+        Arc::new(Float64Array::from(vec![m.linear_crf.map(|c| c.miou)])),
+        Arc::new(Float64Array::from(vec![m
+            .linear_crf
+            .map(|c| c.pixel_accuracy)])),
     ];
     Ok(RecordBatch::try_new(metrics_schema(), cols)?)
 }
@@ -627,6 +643,145 @@ pub fn with_metrics_schema(b: &RecordBatch) -> Result<RecordBatch, StageError> {
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// A `probe` artifact's rows: `probe` (`cluster` | `linear`), `index` (cluster or class),
+/// `weight` (D values: a centroid as trained, not normalised, or a class's linear weights)
+/// and `bias` (the class's bias; null for centroids).
+pub fn probe_schema(dim: i32) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("probe", DataType::Utf8, false),
+        Field::new("index", DataType::UInt32, false),
+        Field::new("weight", list_field(dim), false),
+        Field::new("bias", DataType::Float32, true),
+    ]))
+}
+
+/// A trained cluster probe (K x D centroids) and linear probe (C x D weight, C bias).
+pub struct ProbeWeights {
+    pub centroids: Tensor,
+    pub linear: Option<(Tensor, Tensor)>,
+}
+
+/// The `probe` table of `p`.
+pub fn probe_batch(p: &ProbeWeights) -> Result<RecordBatch, StageError> {
+    let (k, d) = p.centroids.size2()?;
+    let mut kind = vec!["cluster"; k as usize];
+    let mut index: Vec<u32> = (0..k as u32).collect();
+    let mut values = tensor_f32(&p.centroids)?;
+    let mut bias: Vec<Option<f32>> = vec![None; k as usize];
+    if let Some((w, b)) = &p.linear {
+        let (c, dw) = w.size2()?;
+        if dw != d || b.size() != [c] {
+            return Err(StageError::msg(format!(
+                "linear probe {:?} + bias {:?} for {d}-channel centroids",
+                w.size(),
+                b.size()
+            )));
+        }
+        kind.extend(std::iter::repeat_n("linear", c as usize));
+        index.extend(0..c as u32);
+        values.extend(tensor_f32(w)?);
+        bias.extend(tensor_f32(b)?.into_iter().map(Some));
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(kind)),
+        Arc::new(UInt32Array::from(index)),
+        Arc::new(f32_list(values, d as i32)?),
+        Arc::new(Float32Array::from(bias)),
+    ];
+    Ok(RecordBatch::try_new(probe_schema(d as i32), cols)?)
+}
+
+/// A `probe` artifact read back. Rows come in any order; each probe's indices must be
+/// 0..n without gaps, and there must be centroids.
+pub fn read_probe(a: &Artifact) -> Result<ProbeWeights, StageError> {
+    let bad = |m: String| StageError::msg(format!("probe artifact {}: {m}", a.key()));
+    let mut cluster: Vec<(u32, Vec<f32>)> = Vec::new();
+    let mut linear: Vec<(u32, Vec<f32>, f32)> = Vec::new();
+    let mut dim = None;
+    for b in a.batches() {
+        let b = b?;
+        let kind = column::<StringArray>(&b, "probe")?;
+        let index = column::<UInt32Array>(&b, "index")?;
+        let list = column::<FixedSizeListArray>(&b, "weight")?;
+        let bias = column::<Float32Array>(&b, "bias")?;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| bad(format!("`weight` holds {}", list.value_type())))?;
+        let d = list.value_length() as usize;
+        dim = Some(d);
+        for i in 0..b.num_rows() {
+            let at = list.value_offset_at(i);
+            let v = values.values()[at..at + d].to_vec();
+            match kind.value(i) {
+                "cluster" => cluster.push((index.value(i), v)),
+                "linear" if bias.is_valid(i) => linear.push((index.value(i), v, bias.value(i))),
+                "linear" => return Err(bad(format!("linear row {} has no bias", index.value(i)))),
+                other => return Err(bad(format!("unknown probe `{other}`"))),
+            }
+        }
+    }
+    let d = dim.unwrap_or(0) as i64;
+    cluster.sort_by_key(|r| r.0);
+    linear.sort_by_key(|r| r.0);
+    if cluster.is_empty() {
+        return Err(bad("no cluster probe rows".into()));
+    }
+    let gaps = |idx: &mut dyn Iterator<Item = u32>| idx.enumerate().any(|(i, j)| i as u32 != j);
+    if gaps(&mut cluster.iter().map(|r| r.0)) || gaps(&mut linear.iter().map(|r| r.0)) {
+        return Err(bad("probe indices are not 0..n".into()));
+    }
+    let k = cluster.len() as i64;
+    let flat: Vec<f32> = cluster.into_iter().flat_map(|r| r.1).collect();
+    let centroids = Tensor::from_slice(&flat).reshape([k, d]);
+    let linear = (!linear.is_empty()).then(|| {
+        let c = linear.len() as i64;
+        let b: Vec<f32> = linear.iter().map(|r| r.2).collect();
+        let w: Vec<f32> = linear.into_iter().flat_map(|r| r.1).collect();
+        (
+            Tensor::from_slice(&w).reshape([c, d]),
+            Tensor::from_slice(&b),
+        )
+    });
+    Ok(ProbeWeights { centroids, linear })
+}
+
+/// One probe training step: a row of the `probe_metrics` table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeStep {
+    pub epoch: u32,
+    /// The pass over the training split (from 1) and the step within the stage (from 1).
+    pub pass: u32,
+    pub step: u32,
+    pub cluster_loss: f64,
+    /// Null without a linear probe, or when the batch had no labelled pixel.
+    pub linear_loss: Option<f64>,
+}
+
+/// The `probe_metrics` table.
+pub fn probe_metrics_batch(rows: &[ProbeStep]) -> Result<RecordBatch, StageError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("pass", DataType::UInt32, false),
+        Field::new("step", DataType::UInt32, false),
+        Field::new("cluster_loss", DataType::Float64, false),
+        Field::new("linear_loss", DataType::Float64, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.epoch).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.pass).collect::<UInt32Array>()),
+        Arc::new(rows.iter().map(|r| r.step).collect::<UInt32Array>()),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.cluster_loss)
+                .collect::<Float64Array>(),
+        ),
+        Arc::new(rows.iter().map(|r| r.linear_loss).collect::<Float64Array>()),
+    ];
     Ok(RecordBatch::try_new(schema, cols)?)
 }
 
@@ -681,6 +836,29 @@ pub fn read_confusion(a: &Artifact) -> Result<Confusion, StageError> {
 mod tests {
     use super::*;
 
+    /// A probe table holds a row per centroid and per class, biases on the classes only.
+    #[test]
+    fn probe_tables_hold_both_probes() {
+        let c = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.]).reshape([3, 2]);
+        let w = Tensor::from_slice(&[0.5f32, -1., 2., 0.25]).reshape([2, 2]);
+        let b = Tensor::from_slice(&[0.1f32, -0.2]);
+        let batch = probe_batch(&ProbeWeights {
+            centroids: c.shallow_clone(),
+            linear: Some((w.shallow_clone(), b.shallow_clone())),
+        })
+        .unwrap();
+        assert_eq!(batch.num_rows(), 5);
+        assert_eq!(batch.schema(), probe_schema(2));
+        let bias = column::<Float32Array>(&batch, "bias").unwrap();
+        assert_eq!(bias.null_count(), 3);
+        let only = probe_batch(&ProbeWeights {
+            centroids: c,
+            linear: None,
+        })
+        .unwrap();
+        assert_eq!(only.num_rows(), 3);
+    }
+
     /// A history table written before `kmeans_bn` existed joins this version's table with
     /// nulls there; one lacking a required column is a named error.
     #[test]
@@ -704,6 +882,15 @@ mod tests {
         // Tables from before the dense CRF's columns.
         let crf = ["pixel_accuracy_crf", "miou_crf", "per_class_iou_crf"];
         let out = with_metrics_schema(&without(&crf)).unwrap();
+        assert_eq!(out.schema(), metrics_schema());
+        // Tables from before the linear probe's columns.
+        let linear = [
+            "linear_miou_supervised",
+            "linear_accuracy_supervised",
+            "linear_miou_supervised_crf",
+            "linear_accuracy_supervised_crf",
+        ];
+        let out = with_metrics_schema(&without(&linear)).unwrap();
         assert_eq!(out.schema(), metrics_schema());
         let e = with_metrics_schema(&without(&["kmeans_bn", "miou"]))
             .unwrap_err()

@@ -3,6 +3,13 @@
 //! that image (needed to apply G to view 2's head output) and the C x h x w tokens,
 //! flattened channel-major, as f16 or f32. Arrow IPC, one record batch per written batch,
 //! so readers get the batches back as they were made without decoding.
+//!
+//! Evaluation crops (view 0) may come with their horizontally flipped copy (`backbone`'s
+//! `flip: true`): a second row of the same image and view with `flip` true, holding the
+//! tokens of the flipped crop as the network computed them (not flipped back), in the same
+//! written batch. [`Tokens::eval_batches`] reads the crops alone, so readers that know
+//! nothing of flips see what they always saw; [`Tokens::eval_batches_with_flips_in`] reads
+//! both.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +45,21 @@ fn schema(len: i32, precision: Precision) -> SchemaRef {
 
 /// Prepares a writer for tokens of shape C x h x w (recorded in the manifest).
 pub fn begin(w: &mut ArtifactWriter, shape: [i64; 3], precision: Precision, digest: &str) {
+    begin_with_flips(w, shape, precision, digest, false)
+}
+
+/// [`begin`], recording whether the evaluation crops come with flipped copies (`flips` in
+/// the manifest, only when true).
+pub fn begin_with_flips(
+    w: &mut ArtifactWriter,
+    shape: [i64; 3],
+    precision: Precision,
+    digest: &str,
+    flips: bool,
+) {
+    if flips {
+        w.set_meta("flips", true);
+    }
     w.use_ipc();
     w.set_meta("channels", shape[0]);
     w.set_meta("height", shape[1]);
@@ -242,15 +264,31 @@ impl Tokens {
         self.artifact.chunk_count()
     }
 
-    /// [`Self::eval_batches`] of written batches `range` only.
+    /// [`Self::eval_batches`] of written batches `range` only (the crops; flipped copies,
+    /// if stored, are skipped).
     pub fn eval_batches_in(
         &self,
         range: std::ops::Range<usize>,
     ) -> impl Iterator<Item = Result<(Vec<usize>, Tensor), StageError>> + '_ {
+        self.eval_batches_with_flips_in(range)
+            .map(|r| r.map(|(ids, t, _)| (ids, t)))
+    }
+
+    /// Evaluation tokens of written batches `range` with their flipped crops' tokens: the
+    /// image ids, the crops' N x C x h x w tokens and, when the batch stores flipped copies
+    /// (`backbone` with `flip: true`), theirs in the same image order (as computed on the
+    /// flipped crop, not flipped back); `None` when it stores none. A batch that stores
+    /// flipped copies of some of its images only is an error.
+    #[allow(clippy::type_complexity)]
+    pub fn eval_batches_with_flips_in(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = Result<(Vec<usize>, Tensor, Option<Tensor>), StageError>> + '_ {
         self.artifact.chunks(range).map(move |b| {
             let mut ids = Vec::new();
             let mut data = Vec::new();
-            for (img, view, _, t) in batch_rows(&b?)? {
+            let mut flipped: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+            for (img, view, g, t) in batch_rows(&b?)? {
                 if view != EVAL_VIEW {
                     return Err(StageError::msg(format!(
                         "artifact {} holds training views, not evaluation crops: give \
@@ -258,11 +296,46 @@ impl Tokens {
                         self.artifact.key()
                     )));
                 }
-                ids.push(img as usize);
-                data.extend(t);
+                if g.flip {
+                    flipped.insert(img, t);
+                } else {
+                    ids.push(img as usize);
+                    data.extend(t);
+                }
             }
             let n = ids.len();
-            Ok((ids, self.tensor(data, n).to_device(tch::Device::Cpu)))
+            let crops = self.tensor(data, n).to_device(tch::Device::Cpu);
+            if flipped.is_empty() {
+                return Ok((ids, crops, None));
+            }
+            let mut fdata = Vec::with_capacity(crops.numel());
+            for &i in &ids {
+                let t = flipped.remove(&(i as u32)).ok_or_else(|| {
+                    StageError::msg(format!(
+                        "artifact {} stores the flipped crop of some images but not of \
+                         image {i}",
+                        self.artifact.key()
+                    ))
+                })?;
+                fdata.extend(t);
+            }
+            if let Some(img) = flipped.keys().next() {
+                return Err(StageError::msg(format!(
+                    "artifact {} stores a flipped crop of image {img} without the crop",
+                    self.artifact.key()
+                )));
+            }
+            let flips = self.tensor(fdata, n).to_device(tch::Device::Cpu);
+            Ok((ids, crops, Some(flips)))
         })
+    }
+
+    /// Whether the tokens' writer stored flipped crops (`backbone` with `flip: true`; its
+    /// manifest says so).
+    pub fn has_flips(&self) -> bool {
+        self.artifact
+            .meta("flips")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
     }
 }

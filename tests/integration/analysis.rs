@@ -127,7 +127,11 @@ fn a_two_epoch_run_reads_back_as_frames_text_and_a_report() {
             "per_class_iou",
             "pixel_accuracy_crf",
             "miou_crf",
-            "per_class_iou_crf"
+            "per_class_iou_crf",
+            "linear_miou_supervised",
+            "linear_accuracy_supervised",
+            "linear_miou_supervised_crf",
+            "linear_accuracy_supervised_crf"
         ]
     );
     assert_eq!(strs(&m, "kmeans_bn"), ["train"; 3]);

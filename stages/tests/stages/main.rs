@@ -2,4 +2,5 @@
 //! (modules by kind). picie's end-to-end tests are in the root's `tests/integration/`.
 
 mod knn;
+mod probe;
 mod stego;
