@@ -235,9 +235,20 @@ impl Run {
 
     /// Every train node's per-step metrics, concatenated in epoch order.
     pub fn train_metrics(&self) -> Result<DataFrame, AnalysisError> {
-        let nodes = self.nodes_with("train", "metrics");
+        self.step_metrics("train")
+    }
+
+    /// Every stego node's per-step metrics (STEGO's loss, its three terms and mean code
+    /// correlations), concatenated in epoch order.
+    pub fn stego_metrics(&self) -> Result<DataFrame, AnalysisError> {
+        self.step_metrics("stego")
+    }
+
+    /// The `metrics` tables of every node of `kind`, concatenated in epoch order.
+    fn step_metrics(&self, kind: &str) -> Result<DataFrame, AnalysisError> {
+        let nodes = self.nodes_with(kind, "metrics");
         if nodes.is_empty() {
-            return Err(self.no_node("train", "metrics"));
+            return Err(self.no_node(kind, "metrics"));
         }
         let mut out: Option<DataFrame> = None;
         for n in nodes {
@@ -542,6 +553,50 @@ pub fn loss_per_epoch(train: &DataFrame) -> Result<DataFrame, AnalysisError> {
     )?)
 }
 
+/// STEGO's per-epoch means from the stego metrics: epoch, steps, then the mean of the
+/// total loss, each term and each mean code correlation.
+pub fn stego_per_epoch(stego: &DataFrame) -> Result<DataFrame, AnalysisError> {
+    const COLS: [&str; 7] = [
+        "loss",
+        "loss_intra",
+        "loss_inter",
+        "loss_neg",
+        "cd_intra",
+        "cd_inter",
+        "cd_neg",
+    ];
+    let epoch = stego.column("epoch")?.u32()?;
+    let values = COLS
+        .iter()
+        .map(|c| Ok(stego.column(c)?.f64()?.iter().collect::<Vec<_>>()))
+        .collect::<Result<Vec<_>, AnalysisError>>()?;
+    let mut acc: std::collections::BTreeMap<u32, (u32, [f64; 7])> = Default::default();
+    for (row, e) in epoch.iter().enumerate() {
+        let Some(e) = e else { continue };
+        let s = acc.entry(e).or_default();
+        s.0 += 1;
+        for (sum, col) in s.1.iter_mut().zip(&values) {
+            *sum += col[row].unwrap_or(f64::NAN);
+        }
+    }
+    let mut cols = vec![
+        Column::new("epoch".into(), acc.keys().copied().collect::<Vec<u32>>()),
+        Column::new(
+            "steps".into(),
+            acc.values().map(|s| s.0).collect::<Vec<u32>>(),
+        ),
+    ];
+    for (i, c) in COLS.iter().enumerate() {
+        cols.push(Column::new(
+            (*c).into(),
+            acc.values()
+                .map(|s| s.1[i] / s.0 as f64)
+                .collect::<Vec<f64>>(),
+        ));
+    }
+    Ok(DataFrame::new(acc.len(), cols)?)
+}
+
 /// (epoch, pixel accuracy, mIoU) rows of a metrics table.
 pub fn metric_rows(metrics: &DataFrame) -> Result<Vec<(u32, f64, f64)>, AnalysisError> {
     let epoch = metrics.column("epoch")?.u32()?;
@@ -561,7 +616,9 @@ pub const SUMMARY_WIDTH: usize = 100;
 /// The run summary that `picie run` and `picie inspect` print: one row per evaluated epoch
 /// (epoch, mIoU, pixel accuracy, k, predictor, BatchNorm of the fresh k-means pass, and
 /// where an evaluation ran a dense CRF, mIoU and accuracy after it), no line wider than
-/// [`SUMMARY_WIDTH`]. With `per_class`, each epoch's per-class IoU follows its row, wrapped.
+/// [`SUMMARY_WIDTH`]. Where an evaluation scored a linear probe, its supervised mIoU and
+/// accuracy follow the row on a line of their own, named as supervised. With `per_class`,
+/// each epoch's per-class IoU follows its row, wrapped.
 pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, AnalysisError> {
     use std::fmt::Write;
     let epoch = metrics.column("epoch")?.u32()?;
@@ -578,6 +635,16 @@ pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, Ana
     let f64_col = |name: &str| metrics.column(name).ok().and_then(|c| c.f64().ok());
     let (miou_crf, acc_crf) = (f64_col("miou_crf"), f64_col("pixel_accuracy_crf"));
     let crf = miou_crf.is_some_and(|c| c.null_count() < c.len());
+    // The linear probe's scores (evaluate's `probe` input): supervised, so on a line of
+    // their own under the row, never in its unsupervised columns.
+    let (lin_miou, lin_acc) = (
+        f64_col("linear_miou_supervised"),
+        f64_col("linear_accuracy_supervised"),
+    );
+    let (lin_miou_crf, lin_acc_crf) = (
+        f64_col("linear_miou_supervised_crf"),
+        f64_col("linear_accuracy_supervised_crf"),
+    );
     let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     let mut s = String::new();
     let header = format!(
@@ -610,6 +677,20 @@ pub fn summary_table(metrics: &DataFrame, per_class: bool) -> Result<String, Ana
             );
         }
         let _ = writeln!(s, "{}", row.trim_end());
+        if let Some(m) = lin_miou.and_then(|c| c.get(i)) {
+            let mut line = format!(
+                "       linear probe, SUPERVISED: mIoU {m:.2}, accuracy {}",
+                num(lin_acc.and_then(|c| c.get(i)))
+            );
+            if let Some(mc) = lin_miou_crf.and_then(|c| c.get(i)) {
+                let _ = write!(
+                    line,
+                    "; +CRF mIoU {mc:.2}, accuracy {}",
+                    num(lin_acc_crf.and_then(|c| c.get(i)))
+                );
+            }
+            let _ = writeln!(s, "{line}");
+        }
         if !per_class {
             continue;
         }
@@ -689,13 +770,26 @@ pub fn inspect(store_dir: &Path, run: &str, per_class: bool) -> Result<String, A
         }
     }
 
-    let _ = writeln!(s, "\ntrain loss per epoch (mean over steps):");
-    match r.train_metrics().and_then(|t| loss_per_epoch(&t)) {
+    // A STEGO run trains with `stego`, not `train`: its loss table stands in place.
+    match r.stego_metrics().and_then(|t| stego_per_epoch(&t)) {
         Ok(df) => {
+            let _ = writeln!(
+                s,
+                "\nstego loss per epoch (mean over steps; terms unweighted, cd: mean code \
+                 correlation):"
+            );
             let _ = writeln!(s, "{df}");
         }
-        Err(e) => {
-            let _ = writeln!(s, "  (none: {e})");
+        Err(_) => {
+            let _ = writeln!(s, "\ntrain loss per epoch (mean over steps):");
+            match r.train_metrics().and_then(|t| loss_per_epoch(&t)) {
+                Ok(df) => {
+                    let _ = writeln!(s, "{df}");
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  (none: {e})");
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,10 +24,10 @@ use tch::{Kind, Tensor};
 
 use crate::io::checkpoint::{self, AdamState};
 use crate::io::knn_table::KnnTable;
-use crate::io::ports::{CHECKPOINT, EVAL_TOKENS, KNN, STEGO_METRICS};
+use crate::io::ports::{CHECKPOINT, EVAL_TOKENS, KNN, STEGO_CORRELATIONS, STEGO_METRICS};
 use crate::io::tokens::Tokens;
 use crate::sections::PicieContext;
-use picie_core::stego::{self, CorrLossConfig, Samples, StegoHead, StegoHeadConfig};
+use picie_core::stego::{self, CorrHistogram, CorrLossConfig, Samples, StegoHead, StegoHeadConfig};
 use picie_engine::{Context, ParamError, Port, Stage, StageError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,6 +125,9 @@ struct StepRow {
     intra_cd: f64,
     inter_cd: f64,
     neg_cd: f64,
+    intra_fd: f64,
+    inter_fd: f64,
+    neg_fd: f64,
     lr: f64,
     images_per_s: f64,
 }
@@ -141,6 +144,9 @@ fn metrics_batch(rows: &[StepRow]) -> Result<RecordBatch, StageError> {
         f("cd_intra"),
         f("cd_inter"),
         f("cd_neg"),
+        f("fd_intra"),
+        f("fd_inter"),
+        f("fd_neg"),
         f("lr"),
         f("images_per_s"),
     ]));
@@ -157,8 +163,53 @@ fn metrics_batch(rows: &[StepRow]) -> Result<RecordBatch, StageError> {
         col(|r| r.intra_cd),
         col(|r| r.inter_cd),
         col(|r| r.neg_cd),
+        col(|r| r.intra_fd),
+        col(|r| r.inter_fd),
+        col(|r| r.neg_fd),
         col(|r| r.lr),
         col(|r| r.images_per_s),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// One row per term and bin: epoch, term, lo, hi, count, fraction, and the term's shift.
+fn correlations_batch(
+    epoch: u32,
+    h: &CorrHistogram,
+    shifts: [f64; 3],
+) -> Result<RecordBatch, StageError> {
+    let bins = CorrHistogram::BINS;
+    let terms = CorrHistogram::TERMS;
+    let (mut lo, mut hi, mut count, mut frac, mut shift, mut term) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for t in 0..terms.len() {
+        for b in 0..bins {
+            let (l, u) = CorrHistogram::edges(b);
+            lo.push(l);
+            hi.push(u);
+            count.push(h.counts[t][b]);
+            frac.push(h.counts[t][b] as f64 / h.n[t].max(1) as f64);
+            shift.push(shifts[t]);
+            term.push(terms[t]);
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("term", DataType::Utf8, false),
+        Field::new("lo", DataType::Float64, false),
+        Field::new("hi", DataType::Float64, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("fraction", DataType::Float64, false),
+        Field::new("shift", DataType::Float64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(vec![epoch; lo.len()])),
+        Arc::new(StringArray::from(term)),
+        Arc::new(Float64Array::from(lo)),
+        Arc::new(Float64Array::from(hi)),
+        Arc::new(UInt64Array::from(count)),
+        Arc::new(Float64Array::from(frac)),
+        Arc::new(Float64Array::from(shift)),
     ];
     Ok(RecordBatch::try_new(schema, cols)?)
 }
@@ -176,7 +227,8 @@ pub struct Stego(StegoParams);
 impl Stage for Stego {
     type Params = StegoParams;
     const KIND: &'static str = "stego";
-    const VERSION: u32 = 1;
+    // 2: mean feature correlations per term, and their histogram (`correlations`).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "one epoch of STEGO's correspondence loss on stored tokens with KNN partners: checkpoint in, checkpoint out";
 
@@ -184,7 +236,7 @@ impl Stage for Stego {
         vec![EVAL_TOKENS, KNN, CHECKPOINT]
     }
     fn outputs(_: &StegoParams) -> Vec<Port> {
-        vec![CHECKPOINT, STEGO_METRICS]
+        vec![CHECKPOINT, STEGO_METRICS, STEGO_CORRELATIONS]
     }
     fn validate(p: &StegoParams) -> Vec<ParamError> {
         let mut e: Vec<ParamError> = p
@@ -306,6 +358,7 @@ impl Stage for Stego {
         ctx.progress().set_length(batches.len() as u64);
         let mut adam = m.adam.take().unwrap_or_else(|| AdamState::new(&m.vs));
         let mut rows = Vec::with_capacity(batches.len());
+        let mut hist = CorrHistogram::default();
         let t0 = Instant::now();
         let mut seen = 0usize;
         for (s, batch) in batches.iter().enumerate() {
@@ -339,7 +392,9 @@ impl Stage for Stego {
             adam.step(&m.vs, p.lr, (p.betas[0], p.betas[1]), p.eps, 0.0);
             checkpoint::zero_grads(&m.vs);
             seen += batch.len();
+            hist.add(&terms).map_err(err)?;
             let v = |t: &Tensor| t.double_value(&[]);
+            let fd = |t: &Tensor| t.mean(Kind::Double).double_value(&[]);
             let row = StepRow {
                 epoch,
                 step,
@@ -350,6 +405,9 @@ impl Stage for Stego {
                 intra_cd: terms.intra_cd,
                 inter_cd: terms.inter_cd,
                 neg_cd: terms.neg_cd,
+                intra_fd: fd(&terms.intra_fd),
+                inter_fd: fd(&terms.inter_fd),
+                neg_fd: fd(&terms.neg_fd),
                 lr: p.lr,
                 images_per_s: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             };
@@ -371,6 +429,14 @@ impl Stage for Stego {
         checkpoint::save(out, &m)?;
         ctx.output(STEGO_METRICS.name)?
             .write(&metrics_batch(&rows)?)?;
+        let shifts = [p.pos_intra_shift, p.pos_inter_shift, p.neg_inter_shift];
+        let out = ctx.output(STEGO_CORRELATIONS.name)?;
+        out.write(&correlations_batch(epoch, &hist, shifts)?)?;
+        for (t, name) in CorrHistogram::TERMS.iter().enumerate() {
+            // What a shift sweep starts from: the mean and the share each shift attracts.
+            out.set_meta(&format!("fd_mean_{name}"), hist.mean(t));
+            out.set_meta(&format!("attracted_{name}"), hist.above(t, shifts[t]));
+        }
         Ok(())
     }
 }

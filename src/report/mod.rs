@@ -212,11 +212,19 @@ fn details(
 
     out.page.heading("training");
     // Where the run has no such frame, `svg` notes why in place of the figure.
-    out.svg(
-        "loss.svg",
-        "train loss per step (dashed: epoch boundaries)",
-        r.train_metrics().and_then(|t| loss_figure(&t)),
-    )?;
+    match r.stego_metrics() {
+        // A STEGO run: its loss and each term, in place of PiCIE's.
+        Ok(t) => out.svg(
+            "stego_loss.svg",
+            "STEGO's loss per step and its three terms, unweighted (dashed: epoch boundaries)",
+            stego_loss_figure(&t),
+        )?,
+        Err(_) => out.svg(
+            "loss.svg",
+            "train loss per step (dashed: epoch boundaries)",
+            r.train_metrics().and_then(|t| loss_figure(&t)),
+        )?,
+    }
     out.svg(
         "cluster_sizes.svg",
         "pseudo-label cluster sizes per epoch (both views)",
@@ -423,16 +431,62 @@ fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>, AnalysisError> {
         .collect())
 }
 
-fn loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
+/// Steps counted over all epochs in order, from 1.
+fn steps(values: Vec<f64>) -> Vec<Point> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| ((i + 1) as f64, v, None))
+        .collect()
+}
+
+/// Between the last step of one epoch and the first of the next.
+fn epoch_bounds(t: &DataFrame) -> Result<Vec<f64>, AnalysisError> {
     let epoch: Vec<Option<u32>> = t.column("epoch")?.u32()?.iter().collect();
-    // Steps counted over all epochs in order, from 1.
-    let steps = |values: Vec<f64>| -> Vec<Point> {
-        values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| ((i + 1) as f64, v, None))
-            .collect()
-    };
+    Ok(epoch
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0] != w[1])
+        .map(|(i, _)| i as f64 + 1.5)
+        .collect())
+}
+
+fn stego_loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
+    let series = [
+        Series {
+            name: "loss (weighted sum)".into(),
+            colour: [30, 30, 30],
+            points: steps(f64s(t, "loss")?),
+        },
+        Series {
+            name: "intra (image with itself)".into(),
+            colour: BLUE,
+            points: steps(f64s(t, "loss_intra")?),
+        },
+        Series {
+            name: "inter (KNN partner)".into(),
+            colour: ORANGE,
+            points: steps(f64s(t, "loss_inter")?),
+        },
+        Series {
+            name: "neg (random images)".into(),
+            colour: [44, 160, 44],
+            points: steps(f64s(t, "loss_neg")?),
+        },
+    ];
+    line_chart(&LineChart {
+        title: "STEGO loss per step",
+        x_label: "step (all epochs in order)",
+        y_label: "correlation loss",
+        series: &series,
+        y_range: None,
+        vlines: &epoch_bounds(t)?,
+        vlines_name: "epoch boundary",
+        whole_x: true,
+    })
+}
+
+fn loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
     let series = [
         Series {
             name: "loss = (within + cross) / 2".into(),
@@ -450,13 +504,7 @@ fn loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
             points: steps(f64s(t, "loss_cross")?),
         },
     ];
-    // Between the last step of one epoch and the first of the next.
-    let bounds: Vec<f64> = epoch
-        .windows(2)
-        .enumerate()
-        .filter(|(_, w)| w[0] != w[1])
-        .map(|(i, _)| i as f64 + 1.5)
-        .collect();
+    let bounds = epoch_bounds(t)?;
     line_chart(&LineChart {
         title: "train loss per step",
         x_label: "step (all epochs in order)",

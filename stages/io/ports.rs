@@ -36,7 +36,8 @@ pub const LABELS: Port = Port::artifact("labels", "labels");
 pub const WEIGHTS: Port = Port::artifact("weights", "cluster_weights");
 /// Loss per step (`train`).
 pub const TRAIN_METRICS: Port = Port::artifact("metrics", "train_metrics");
-/// mIoU and accuracy per epoch, with the history before (`evaluate`).
+/// mIoU and accuracy per epoch, with the history before, and with a `probe` the linear
+/// probe's supervised scores beside them (`evaluate`).
 pub const METRICS: Port = Port::artifact("metrics", "metrics");
 /// The previous epoch's `metrics`, read by `evaluate`.
 pub const HISTORY: Port = Port::artifact("history", "metrics");
@@ -46,3 +47,10 @@ pub const CONFUSION: Port = Port::artifact("confusion", "confusion");
 pub const KNN: Port = Port::artifact("knn", "knn");
 /// STEGO's loss per step, its three terms apart (`stego`).
 pub const STEGO_METRICS: Port = Port::artifact("metrics", "stego_metrics");
+/// Histograms of the feature correlations STEGO's three terms saw in an epoch, with the
+/// shifts that cut them (`stego`).
+pub const STEGO_CORRELATIONS: Port = Port::artifact("correlations", "stego_correlations");
+/// A trained cluster probe's centroids and linear probe's weights (`probe` -> `evaluate`).
+pub const PROBE: Port = Port::artifact("probe", "probe");
+/// The probes' losses per step (`probe`).
+pub const PROBE_METRICS: Port = Port::artifact("metrics", "probe_metrics");

@@ -169,6 +169,12 @@ pub struct Terms {
     pub intra_cd: f64,
     pub inter_cd: f64,
     pub neg_cd: f64,
+    /// The feature correlations each term compared with its shift (after the pointwise
+    /// centring), flattened, without gradient: where the shifts cut them decides which pairs
+    /// a term pulls together (fd > shift) and which it pushes apart.
+    pub intra_fd: Tensor,
+    pub inter_fd: Tensor,
+    pub neg_fd: Tensor,
 }
 
 /// L2 over channels with the release's eps (1e-10).
@@ -193,7 +199,7 @@ fn sample(t: &Tensor, coords: &Tensor) -> Result<Tensor, StegoError> {
     Ok(t.f_grid_sampler_2d(&grid.f_permute([0, 2, 1, 3])?, 0, 1, true)?)
 }
 
-/// One term: (loss map, code correlation).
+/// One term: (loss map, code correlation, feature correlation).
 fn term(
     cfg: &CorrLossConfig,
     f1: &Tensor,
@@ -201,7 +207,7 @@ fn term(
     c1: &Tensor,
     c2: &Tensor,
     shift: f64,
-) -> Result<(Tensor, Tensor), StegoError> {
+) -> Result<(Tensor, Tensor, Tensor), StegoError> {
     let fd = tch::no_grad(|| -> Result<Tensor, StegoError> {
         let fd = correlation(&norm(f1)?, &norm(f2)?)?;
         if !cfg.pointwise {
@@ -219,7 +225,75 @@ fn term(
         cd.f_clamp_min(lo)?
     };
     let loss = clamped.f_mul(&fd.f_sub_scalar(shift)?)?.f_neg()?;
-    Ok((loss, cd))
+    Ok((loss, cd, fd))
+}
+
+/// Histograms of the feature correlations each term saw (`Terms::*_fd`), over [-1, 1] in
+/// `BINS` equal bins (values outside fall in the end bins): how the shifts cut the
+/// backbone's correlation distribution, the first thing to look at when tuning them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorrHistogram {
+    /// Per term (intra, inter, neg), the count of each bin.
+    pub counts: [[u64; CorrHistogram::BINS]; 3],
+    /// Per term, the sum of the values and their count (for the mean).
+    pub sums: [f64; 3],
+    pub n: [u64; 3],
+}
+
+impl Default for CorrHistogram {
+    fn default() -> Self {
+        Self {
+            counts: [[0; Self::BINS]; 3],
+            sums: [0.0; 3],
+            n: [0; 3],
+        }
+    }
+}
+
+impl CorrHistogram {
+    pub const BINS: usize = 40;
+    pub const TERMS: [&'static str; 3] = ["intra", "inter", "neg"];
+
+    /// The lower and upper edge of bin `b`.
+    pub fn edges(b: usize) -> (f64, f64) {
+        let w = 2.0 / Self::BINS as f64;
+        (-1.0 + w * b as f64, -1.0 + w * (b + 1) as f64)
+    }
+
+    /// Adds one step's correlations.
+    pub fn add(&mut self, terms: &Terms) -> Result<(), StegoError> {
+        for (t, fd) in [&terms.intra_fd, &terms.inter_fd, &terms.neg_fd]
+            .into_iter()
+            .enumerate()
+        {
+            let v = Vec::<f64>::try_from(fd.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?;
+            for x in v {
+                let b = ((x + 1.0) / 2.0 * Self::BINS as f64).floor();
+                self.counts[t][b.clamp(0.0, (Self::BINS - 1) as f64) as usize] += 1;
+                self.sums[t] += x;
+                self.n[t] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The mean correlation of term `t` (NaN when it saw none).
+    pub fn mean(&self, t: usize) -> f64 {
+        self.sums[t] / self.n[t] as f64
+    }
+
+    /// The fraction of term `t`'s correlations above `shift`: the pairs it pulls together.
+    pub fn above(&self, t: usize, shift: f64) -> f64 {
+        // Bin resolution: a bin counts as above when its centre is.
+        let above: u64 = (0..Self::BINS)
+            .filter(|&b| {
+                let (lo, hi) = Self::edges(b);
+                (lo + hi) / 2.0 > shift
+            })
+            .map(|b| self.counts[t][b])
+            .sum();
+        above as f64 / self.n[t].max(1) as f64
+    }
 }
 
 fn mean_value(t: &Tensor) -> Result<f64, StegoError> {
@@ -260,21 +334,28 @@ pub fn correspondence_loss(
     let f2 = sample(feats_pos, &samples.coords2)?;
     let c2 = sample(code_pos, &samples.coords2)?;
 
-    let (intra, intra_cd) = term(cfg, &f1, &f1, &c1, &c1, cfg.pos_intra_shift)?;
-    let (inter, inter_cd) = term(cfg, &f1, &f2, &c1, &c2, cfg.pos_inter_shift)?;
+    let (intra, intra_cd, intra_fd) = term(cfg, &f1, &f1, &c1, &c1, cfg.pos_intra_shift)?;
+    let (inter, inter_cd, inter_fd) = term(cfg, &f1, &f2, &c1, &c2, cfg.pos_inter_shift)?;
     let intra = intra.f_mean(intra.kind())?;
     let inter = inter.f_mean(inter.kind())?;
 
     let mut neg_losses = Vec::new();
     let mut neg_cds = Vec::new();
+    let mut neg_fds = Vec::new();
     for p in &samples.perms {
         let idx = Tensor::from_slice(p).to_device(feats.device());
         let fn_ = sample(&feats.f_index_select(0, &idx)?, &samples.coords2)?;
         let cn = sample(&code.f_index_select(0, &idx)?, &samples.coords2)?;
-        let (l, cd) = term(cfg, &f1, &fn_, &c1, &cn, cfg.neg_inter_shift)?;
+        let (l, cd, fd) = term(cfg, &f1, &fn_, &c1, &cn, cfg.neg_inter_shift)?;
         neg_losses.push(l);
         neg_cds.push(cd.f_detach()?);
+        neg_fds.push(fd.f_flatten(0, -1)?);
     }
+    let neg_fd = if neg_fds.is_empty() {
+        Tensor::f_zeros([0], (code.kind(), code.device()))?
+    } else {
+        Tensor::f_cat(&neg_fds, 0)?
+    };
     let (neg, neg_cd) = if neg_losses.is_empty() {
         (Tensor::f_zeros([], (code.kind(), code.device()))?, 0.0)
     } else {
@@ -296,6 +377,9 @@ pub fn correspondence_loss(
         intra,
         inter,
         neg,
+        intra_fd: intra_fd.f_flatten(0, -1)?,
+        inter_fd: inter_fd.f_flatten(0, -1)?,
+        neg_fd,
     })
 }
 
@@ -315,6 +399,33 @@ mod tests {
             neg_samples: 2,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_histogram_counts_every_correlation_a_term_saw() {
+        let cfg = small();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (f, fp) = (maps(3, 6, 5, 5), maps(3, 6, 5, 5));
+        let (c, cp) = (maps(3, 4, 5, 5), maps(3, 4, 5, 5));
+        let s = Samples::draw(3, &cfg, &mut rng);
+        let t = correspondence_loss(&cfg, &f, &fp, &c, &cp, &s).unwrap();
+        let mut h = CorrHistogram::default();
+        h.add(&t).unwrap();
+        // B x S x S x S x S per term, neg_samples times that for neg.
+        let per = 3 * 4u64.pow(4);
+        assert_eq!(h.n, [per, per, 2 * per]);
+        for (i, fd) in [&t.intra_fd, &t.inter_fd, &t.neg_fd]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(h.counts[i].iter().sum::<u64>(), h.n[i]);
+            assert!((h.mean(i) - fd.mean(Kind::Double).double_value(&[])).abs() < 1e-12);
+            let above = fd.gt(0.0).to_kind(Kind::Double).mean(Kind::Double);
+            // Bin resolution (0.05): the fraction above 0 is exact at a bin edge.
+            assert!((h.above(i, 0.0) - above.double_value(&[])).abs() < 1e-12);
+        }
+        assert_eq!(CorrHistogram::edges(0).0, -1.0);
+        assert!((CorrHistogram::edges(CorrHistogram::BINS - 1).1 - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -8,11 +8,12 @@
 
 pub mod head;
 pub mod loss;
+pub mod probe;
 #[cfg(test)]
 mod parity;
 
 pub use head::{StegoHead, StegoHeadConfig};
-pub use loss::{correspondence_loss, CorrLossConfig, Samples, Terms};
+pub use loss::{correspondence_loss, CorrHistogram, CorrLossConfig, Samples, Terms};
 
 use rand::Rng;
 
