@@ -18,7 +18,7 @@ pub mod sweep;
 pub mod target;
 
 pub use picie_core::{
-    augment_params, data, device, kmeans, loss, metrics, model, predict, python, repo_root,
+    augment_params, crf, data, device, kmeans, loss, metrics, model, predict, python, repo_root,
     transforms,
 };
 pub use picie_engine::{artifact, context, diag, error, exec, plan, shard, spec, stage, store};

@@ -5,8 +5,9 @@
 //! alone can be moved and opened offline. Every figure is also written as its own file:
 //! - `metrics.svg`: mIoU and pixel accuracy (%) per epoch (bands mean ± std where given).
 //! - `per_class_iou.svg`: IoU (%) of each class per epoch, class names in the legend.
-//! - `sample_NN.png`: image | ground truth | prediction | overlay for the first N
-//!   validation images, with the class colours listed in the page (`samples`).
+//! - `sample_NN.png`: image | ground truth | prediction | overlay (| after the CRF, when
+//!   the evaluation ran one) for the first N validation images, with the class colours
+//!   listed in the page (`samples`).
 //! - `confusion.svg`: the last evaluation's class x cluster pixels, row-normalised (%),
 //!   columns = clusters ordered and labelled by their matched class.
 //! - `loss.svg`: train loss per step, with its within- and cross-view terms and the epoch
@@ -197,10 +198,16 @@ fn details(
             Ok((imgs, classes)) => {
                 out.page.legend(&classes);
                 for (i, img) in imgs.iter().enumerate() {
+                    // A fifth panel when the evaluation ran a dense CRF.
+                    let crf = if img.width() > img.height() * 9 / 2 {
+                        " | after the dense CRF"
+                    } else {
+                        ""
+                    };
                     out.png(
                         &format!("sample_{i:02}.png"),
                         &format!(
-                            "validation image {i}: image | ground truth | prediction | overlay"
+                            "validation image {i}: image | ground truth | prediction | overlay{crf}"
                         ),
                         img,
                     )?;

@@ -1,5 +1,6 @@
 //! The sample panels: the last evaluation's predictions for the first validation images,
-//! drawn as image | ground truth | prediction | overlay (raster: they are images).
+//! drawn as image | ground truth | prediction | overlay (raster: they are images), and when
+//! that evaluation ran a dense CRF (`crf:`), its refined prediction as a fifth panel.
 //!
 //! Predictions are the last evaluation's: its network (the `checkpoint` it wrote after a
 //! train-mode k-means pass, else its recorded `checkpoint` input), its preprocessing at its
@@ -50,11 +51,13 @@ fn class_colour(classes: &[ClassInfo], c: Option<usize>) -> Rgb<u8> {
 }
 
 /// One validation image as the last evaluation saw it: the preprocessed image, its mask,
-/// and the cluster of every pixel (row-major, `res` x `res`).
+/// the cluster of every pixel (row-major, `res` x `res`), and the clusters after the
+/// evaluation's dense CRF when it ran one.
 pub struct Predicted {
     pub image: RgbImage,
     pub mask: Option<crate::data::Mask>,
     pub clusters: Vec<u32>,
+    pub refined: Option<Vec<u32>>,
 }
 
 /// The last evaluation's predictions for the first `n` validation images, with its network,
@@ -95,7 +98,15 @@ fn predict(
         r.artifact_by_key(&key, &eval.name, "checkpoint (input)")?
     };
     let (centroids, _) = crate::tables::read_centroids(&r.artifact(eval, "centroids")?, 1)?;
-    let dot_product = prov["params"]["predictor"].as_str() == Some("dot_product");
+    let crf_params: Option<crate::stages::evaluate::CrfParams> = match &prov["params"]["crf"] {
+        serde_json::Value::Null => None,
+        v => Some(
+            serde_json::from_value(v.clone()).map_err(|e| AnalysisError::BadArtifact {
+                key: eval_art.key().into(),
+                message: format!("its `crf` params: {e}"),
+            })?,
+        ),
+    };
 
     let device = tch::Device::Cpu;
     let m = crate::checkpoint::load(&ckpt, device)?;
@@ -104,10 +115,12 @@ fn predict(
         .net
         .check_centroids(&centroids)
         .map_err(|e| AnalysisError::Other(format!("`{}`: {e}", eval.name)))?;
-    let predictor = if dot_product {
-        Predictor::DotProduct
-    } else {
-        Predictor::NearestCentroid
+    // cluster_probe's stored centroids are unit vectors: its cosine is nearest_centroid's
+    // ranking, and its soft form (for the CRF) is its own.
+    let predictor = match prov["params"]["predictor"].as_str() {
+        Some("dot_product") => Predictor::DotProduct,
+        Some("cluster_probe") => Predictor::ClusterProbe,
+        _ => Predictor::NearestCentroid,
     };
 
     let mut items = Vec::new();
@@ -122,23 +135,48 @@ fn predict(
             )));
         }
         let x = to_tensor_normalised(&img).unsqueeze(0);
-        let pred = tch::no_grad(|| -> Result<Tensor, AnalysisError> {
+        let (pred, unary) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>), AnalysisError> {
             let z = m
                 .net
                 .forward_t(&x, false)
                 .map_err(|e| AnalysisError::Other(e.to_string()))?;
             // As the evaluate stage predicts.
-            Ok(predict::predict(&z, &centroids, predictor, res as i64))
+            let up = predict::upsampled_scores(&z, &centroids, predictor, res as i64);
+            let unary = crf_params
+                .as_ref()
+                .map(|c| predict::unary(&up, predictor, c.temperature));
+            Ok((up.argmax(1, false), unary))
         })?;
+        let err = |e: tch::TchError| AnalysisError::Other(e.to_string());
         let pred: Vec<u32> = Vec::<i64>::try_from(pred.flatten(0, -1))
-            .map_err(|e| AnalysisError::Other(e.to_string()))?
+            .map_err(err)?
             .into_iter()
             .map(|v| v as u32)
             .collect();
+        let refined = match (&crf_params, unary) {
+            (Some(c), Some(u)) => {
+                let u = Vec::<f32>::try_from(u.flatten(0, -1)).map_err(err)?;
+                let rgb = img.as_raw();
+                let out = crate::crf::refine(
+                    &c.config(),
+                    &crate::crf::CrfImage {
+                        width: res as usize,
+                        height: res as usize,
+                        classes: k,
+                        rgb,
+                        unary: &u,
+                    },
+                )
+                .map_err(|e| AnalysisError::Other(format!("{}: {e}", val.id(i))))?;
+                Some(out.labels)
+            }
+            _ => None,
+        };
         items.push(Predicted {
             image: img,
             mask,
             clusters: pred,
+            refined,
         });
     }
     Ok((items, k))
@@ -179,9 +217,11 @@ pub(super) fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo
         image: img,
         mask,
         clusters: pred,
+        refined,
     } in items
     {
-        let mut panel = RgbImage::from_pixel(4 * side + 3 * gap, side, WHITE);
+        let panels = if refined.is_some() { 5 } else { 4 };
+        let mut panel = RgbImage::from_pixel(panels * side + (panels - 1) * gap, side, WHITE);
         for y in 0..side {
             for x in 0..side {
                 let (sx, sy) = (x / scale, y / scale);
@@ -202,6 +242,13 @@ pub(super) fn samples(r: &Run, n: usize) -> Result<(Vec<RgbImage>, Vec<ClassInfo
                 panel.put_pixel(side + gap + x, y, gt);
                 panel.put_pixel(2 * (side + gap) + x, y, pc);
                 panel.put_pixel(3 * (side + gap) + x, y, blend);
+                if let Some(r) = &refined {
+                    // The CRF's clusters, coloured through the same matching: it relabels
+                    // pixels among the same clusters.
+                    let rc =
+                        class_colour(&classes, matching.get(r[idx] as usize).copied().flatten());
+                    panel.put_pixel(4 * (side + gap) + x, y, rc);
+                }
             }
         }
         out.push(panel);

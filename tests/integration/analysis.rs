@@ -567,3 +567,50 @@ fn a_final_evaluation_after_the_loop_is_the_runs_metrics() {
         ]
     );
 }
+
+/// With `crf:` on the last evaluation, the report's sample panels gain the refined
+/// segmentation, and the refined labels `predictions` returns are the evaluation's: their
+/// confusion over the val split scores its `miou_crf`.
+#[test]
+fn the_report_draws_the_crf_refined_segmentation_the_evaluation_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = crate::common::tiny_pipeline("tinycrf", 1).replace(
+        "      params: {res: 32, batch: 4, n_iter: 5}\n      inputs:\n        checkpoint: train.checkpoint",
+        "      params: {res: 32, batch: 4, n_iter: 5, crf: {}}\n      inputs:\n        checkpoint: train.checkpoint",
+    );
+    assert!(yaml.contains("crf: {}"));
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
+    let store_dir = dir.path().join("store");
+    let store = picie::Store::open(&store_dir).unwrap();
+    picie::run(&plan, &store, &Default::default()).unwrap();
+    let run = Run::open(&store_dir, "tinycrf").unwrap();
+
+    let (preds, k) = picie::report::predictions(&run, usize::MAX).unwrap();
+    let mut refined = Confusion::new(CLASSES, k).unwrap();
+    for p in &preds {
+        let r = p.refined.as_ref().expect("a refined segmentation with crf");
+        assert_eq!(r.len(), p.clusters.len());
+        refined
+            .add(&p.mask.as_ref().unwrap().data, r, Some(255))
+            .unwrap();
+    }
+    let (scored, _) =
+        picie::metrics::evaluate(&refined, picie::metrics::Matching::Hungarian, None).unwrap();
+    let m = run.metrics().unwrap();
+    let want = *f64s(&m, "miou_crf").last().unwrap();
+    assert!(
+        (scored.miou * 100.0 - want).abs() < 1e-6 || (scored.miou - want).abs() < 1e-6,
+        "redrawn CRF mIoU {} vs evaluated {want}",
+        scored.miou
+    );
+
+    let out = dir.path().join("report");
+    write_report(&store_dir, "tinycrf", &out, 1).unwrap();
+    let side = (EVAL_RES * (128 / EVAL_RES).max(1)) as u32;
+    let sample = image::open(out.join("sample_00.png")).unwrap();
+    assert_eq!((sample.width(), sample.height()), (5 * side + 16, side));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("after the dense CRF"), "caption names the CRF panel");
+}
