@@ -612,5 +612,8 @@ fn the_report_draws_the_crf_refined_segmentation_the_evaluation_scored() {
     let sample = image::open(out.join("sample_00.png")).unwrap();
     assert_eq!((sample.width(), sample.height()), (5 * side + 16, side));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
-    assert!(html.contains("after the dense CRF"), "caption names the CRF panel");
+    assert!(
+        html.contains("after the dense CRF"),
+        "caption names the CRF panel"
+    );
 }
