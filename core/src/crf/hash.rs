@@ -10,6 +10,8 @@ pub(crate) struct KeyTable<const D: usize> {
     keys: Vec<[i32; D]>,
     /// Slots (a power of two of them) holding vertex ids or `EMPTY`.
     slots: Vec<u32>,
+    /// 64 - log2(slots): a hash's top bits pick its slot.
+    shift: u32,
 }
 
 impl<const D: usize> KeyTable<D> {
@@ -18,6 +20,7 @@ impl<const D: usize> KeyTable<D> {
         Self {
             keys: Vec::with_capacity(expected),
             slots: vec![EMPTY; cap],
+            shift: 64 - cap.trailing_zeros(),
         }
     }
 
@@ -30,20 +33,31 @@ impl<const D: usize> KeyTable<D> {
         &self.keys[v]
     }
 
+    /// The home slot of `key` among `1 << (64 - shift)`: the top bits of the hash, which
+    /// depend on every bit of every coordinate (Fibonacci hashing; the low bits of a
+    /// product depend only on its factors' low bits).
+    #[inline(always)]
+    fn home(key: &[i32; D], shift: u32) -> usize {
+        (Self::hash(key) >> shift) as usize
+    }
+
+    /// Multiply-xorshift over the coordinates, then a last multiply whose top bits pick the
+    /// slot.
+    #[inline(always)]
     fn hash(key: &[i32; D]) -> u64 {
-        // Multiply-add over the coordinates, then a final mix so the low bits (the slot)
-        // depend on every coordinate.
         let mut h: u64 = 0;
         for &k in key {
             h = (h ^ k as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h ^= h >> 32;
         }
-        h ^ (h >> 29)
+        h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
-    /// The slot holding `key`, or the empty slot where it would go.
-    fn slot(&self, key: &[i32; D]) -> usize {
+    /// The slot holding `key`, or the empty slot where it would go, from its hash.
+    #[inline(always)]
+    fn slot(&self, key: &[i32; D], h: u64) -> usize {
         let mask = self.slots.len() - 1;
-        let mut s = Self::hash(key) as usize & mask;
+        let mut s = (h >> self.shift) as usize;
         loop {
             let v = self.slots[s];
             if v == EMPTY || self.keys[v as usize] == *key {
@@ -54,16 +68,18 @@ impl<const D: usize> KeyTable<D> {
     }
 
     /// The id of `key`, if present.
+    #[inline]
     pub(crate) fn find(&self, key: &[i32; D]) -> Option<u32> {
-        match self.slots[self.slot(key)] {
+        match self.slots[self.slot(key, Self::hash(key))] {
             EMPTY => None,
             v => Some(v),
         }
     }
 
     /// The id of `key`, inserting it when new.
+    #[inline]
     pub(crate) fn insert(&mut self, key: &[i32; D]) -> u32 {
-        let s = self.slot(key);
+        let s = self.slot(key, Self::hash(key));
         if self.slots[s] != EMPTY {
             return self.slots[s];
         }
@@ -80,8 +96,9 @@ impl<const D: usize> KeyTable<D> {
     fn grow(&mut self) {
         let mut slots = vec![EMPTY; self.slots.len() * 2];
         let mask = slots.len() - 1;
+        self.shift -= 1;
         for (v, key) in self.keys.iter().enumerate() {
-            let mut s = Self::hash(key) as usize & mask;
+            let mut s = Self::home(key, self.shift);
             while slots[s] != EMPTY {
                 s = (s + 1) & mask;
             }

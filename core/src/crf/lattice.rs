@@ -22,9 +22,15 @@ const MAX_COORD: f32 = (1 << 20) as f32;
 
 /// The two value buffers may hold this many floats: a lattice filters as many channels at a
 /// time (4 to 16) as fit, so a 320 x 320 image of pure colour noise (600,000 bilateral
-/// vertices; a natural image has about 10,000) goes 4 channels at a time and a natural
-/// image's K = 11 in one pass.
+/// vertices; a natural image has about 10,000 to 100,000) goes 4 channels at a time and a
+/// natural image's K = 11 in one pass.
 const BUFFER_FLOATS: usize = 4 << 20;
+
+/// A lattice with more vertices than this many per pixel is lean: it keeps no upper blur
+/// neighbours and its vertices stay in insertion order (no reordering buffers while it is
+/// built), so that pure colour noise (6 vertices per pixel) stays within the memory budget;
+/// its blur takes three passes per axis instead of one. Both forms give the same bytes.
+const LEAN_VERTICES_PER_PIXEL: usize = 2;
 
 /// The filtering structure of one image's features.
 pub(crate) struct Lattice {
@@ -37,31 +43,181 @@ pub(crate) struct Lattice {
     /// The barycentric weights beside `offset`.
     weight: Vec<f32>,
     /// Vertex v's lower neighbour along axis j, `lower[j * vertices + v]`, as id + 1 (0 when
-    /// that lattice point holds no value). The upper one is not stored: v is the lower
-    /// neighbour of its upper one, so the blur adds each pair both ways.
+    /// that lattice point holds no value).
     lower: Vec<u32>,
+    /// The upper neighbours, laid out as `lower` (empty when lean).
+    upper: Vec<u32>,
     /// Bytes the key table held at the end of construction (dropped since).
     table_bytes: usize,
 }
 
-/// Value buffers reused across filterings (two rows of 4 or 8 lanes per vertex, plus the
-/// zero row): the one allocation of the mean-field loop.
-#[derive(Default)]
+/// Value buffers reused across filterings: two rows of 4 to 16 lanes per vertex plus the
+/// zero row. The one allocation of the mean-field loop.
 pub(crate) struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// Whether the filter may take the AVX2 path (same bytes as the portable one).
+    simd: bool,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::with_simd(true)
+    }
 }
 
 impl Scratch {
+    /// Buffers whose filterings use AVX2 when `simd` and the CPU has it, the portable code
+    /// otherwise (the tests compare the two).
+    pub(crate) fn with_simd(simd: bool) -> Self {
+        Self {
+            a: Vec::new(),
+            b: Vec::new(),
+            simd: simd && avx2_available(),
+        }
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
         (self.a.capacity() + self.b.capacity()) * 4
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// Rounds half away from zero, as `f32::round` (a library call without SSE4.1), for
+/// |x| < 2^23: the fraction `x - trunc(x)` is exact there.
+#[inline(always)]
+fn round(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    let f = x - t;
+    if f >= 0.5 {
+        t + 1.0
+    } else if f <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+/// One blur axis of a lean lattice (no upper neighbours), the same bytes as the one-pass
+/// blur: next = cur[lower], then next[lower[v]] += cur[v] (v is the upper neighbour of its
+/// lower one, each vertex has at most one), which makes next = cur[lower] + cur[upper] (an
+/// absent upper neighbour adds nothing, where the one-pass blur adds the zero row: the
+/// same, values here never being -0), then next = cur + next / 2.
+#[inline(always)]
+fn blur_axis_lean<const W: usize>(cur: &[[f32; W]], next: &mut [[f32; W]], lower: &[u32]) {
+    for (dst, &lo) in next[1..].iter_mut().zip(lower) {
+        *dst = cur[lo as usize];
+    }
+    for (me, &lo) in cur[1..].iter().zip(lower) {
+        if lo != 0 {
+            let (mut t, me) = (next[lo as usize], *me);
+            for l in 0..W {
+                t[l] += me[l];
+            }
+            next[lo as usize] = t;
+        }
+    }
+    for (dst, me) in next[1..].iter_mut().zip(&cur[1..]) {
+        let (mut t, me) = (*dst, *me);
+        for l in 0..W {
+            t[l] = me[l] + 0.5 * t[l];
+        }
+        *dst = t;
+    }
+}
+
+/// The table's vertices in Morton (Z) order of their keys, so that lattice neighbours
+/// mostly sit close in memory: the bits of the D coordinates (less their minimum)
+/// interleaved, most significant first, at most 64 bits in all (each coordinate's low bits
+/// dropped as needed); ties keep insertion order (a stable radix sort).
+fn locality_order<const D: usize>(table: &KeyTable<D>) -> Vec<u32> {
+    let n = table.len();
+    let mut lo = [i32::MAX; D];
+    let mut hi = [i32::MIN; D];
+    for v in 0..n {
+        for (c, &k) in table.key(v).iter().enumerate() {
+            lo[c] = lo[c].min(k);
+            hi[c] = hi[c].max(k);
+        }
+    }
+    let bits = (0..D)
+        .map(|c| 32 - ((hi[c] as i64 - lo[c] as i64) as u32).leading_zeros())
+        .max()
+        .unwrap_or(0);
+    let keep = bits.min(64 / D as u32);
+    let mut codes: Vec<u64> = (0..n)
+        .map(|v| {
+            let k = table.key(v);
+            let mut off = [0u64; D];
+            for c in 0..D {
+                off[c] = (k[c] as i64 - lo[c] as i64) as u64 >> (bits - keep);
+            }
+            let mut code = 0u64;
+            for b in (0..keep).rev() {
+                for o in off {
+                    code = code << 1 | (o >> b & 1);
+                }
+            }
+            code
+        })
+        .collect();
+    // LSD radix sort of (code, id), a byte at a time.
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut codes2 = vec![0u64; n];
+    let mut order2 = vec![0u32; n];
+    for byte in 0..(keep * D as u32).div_ceil(8) {
+        let shift = 8 * byte;
+        let mut count = [0usize; 257];
+        for &c in &codes {
+            count[(c >> shift & 0xFF) as usize + 1] += 1;
+        }
+        for i in 0..256 {
+            count[i + 1] += count[i];
+        }
+        for (&c, &v) in codes.iter().zip(&order) {
+            let at = &mut count[(c >> shift & 0xFF) as usize];
+            codes2[*at] = c;
+            order2[*at] = v;
+            *at += 1;
+        }
+        std::mem::swap(&mut codes, &mut codes2);
+        std::mem::swap(&mut order, &mut order2);
+    }
+    order
+}
+
+/// One channel group's operands.
+struct Group<'a> {
+    input: &'a [f32],
+    stride: usize,
+    c0: usize,
+    width: usize,
+    pre: &'a [f32],
+    post: &'a [f32],
 }
 
 impl Lattice {
     /// The lattice of `pixels` features of `d` dimensions each, `features[i * d..(i+1) * d]`,
     /// already divided by the kernel's widths.
     pub(crate) fn new(features: &[f32], d: usize) -> Result<Self, CrfError> {
+        Self::with_form(features, d, None)
+    }
+
+    /// As [`Lattice::new`], lean or not as `lean` says (by the vertex count when `None`).
+    pub(crate) fn with_form(
+        features: &[f32],
+        d: usize,
+        lean: Option<bool>,
+    ) -> Result<Self, CrfError> {
         if d == 0 || d > MAX_DIM || !features.len().is_multiple_of(d) {
             return Err(CrfError::Internal(format!(
                 "lattice of {d}-dimensional features from {} values",
@@ -79,29 +235,30 @@ impl Lattice {
         }
         // Fixed-size keys (and loops the compiler unrolls) per dimension.
         Ok(match d {
-            1 => Self::build::<1>(features),
-            2 => Self::build::<2>(features),
-            3 => Self::build::<3>(features),
-            4 => Self::build::<4>(features),
-            _ => Self::build::<5>(features),
+            1 => Self::build::<1, 2>(features, lean),
+            2 => Self::build::<2, 3>(features, lean),
+            3 => Self::build::<3, 4>(features, lean),
+            4 => Self::build::<4, 5>(features, lean),
+            _ => Self::build::<5, 6>(features, lean),
         })
     }
 
-    fn build<const D: usize>(features: &[f32]) -> Self {
+    /// `DP1` is `D + 1`.
+    fn build<const D: usize, const DP1: usize>(features: &[f32], lean: Option<bool>) -> Self {
         let d = D;
         let pixels = features.len() / d;
-        let dp1 = d + 1;
+        let dp1 = DP1;
         // E's diagonal scaling (Adams et al. p. 5) times the expected standard deviation of
         // the [1/2 1 1/2]^(d+1) blur (p. 6), so that unit-width features get a unit Gaussian.
         let inv_std = (2.0f32 / 3.0).sqrt() * dp1 as f32;
-        let mut scale = [0f32; MAX_DIM];
-        for (i, s) in scale.iter_mut().enumerate().take(d) {
+        let mut scale = [0f32; D];
+        for (i, s) in scale.iter_mut().enumerate() {
             *s = inv_std / (((i + 1) * (i + 2)) as f32).sqrt();
         }
         // canonical[r][j]: the remainder-r vertex of the canonical simplex, coordinate j.
-        let mut canonical = [[0i32; MAX_DIM + 1]; MAX_DIM + 1];
-        for (r, row) in canonical.iter_mut().enumerate().take(dp1) {
-            for (j, c) in row.iter_mut().enumerate().take(dp1) {
+        let mut canonical = [[0i32; DP1]; DP1];
+        for (r, row) in canonical.iter_mut().enumerate() {
+            for (j, c) in row.iter_mut().enumerate() {
                 *c = if j + r <= d {
                     r as i32
                 } else {
@@ -113,12 +270,17 @@ impl Lattice {
         let mut table = KeyTable::<D>::new(pixels);
         let mut offset = vec![0u32; pixels * dp1];
         let mut weight = vec![0f32; pixels * dp1];
-        let mut elevated = [0f32; MAX_DIM + 1];
-        let mut rem0 = [0f32; MAX_DIM + 1];
-        let mut rank = [0i32; MAX_DIM + 1];
-        let mut bary = [0f32; MAX_DIM + 2];
-        let mut key = [0i32; D];
-        for (i, f) in features.chunks_exact(d).enumerate() {
+        let mut elevated = [0f32; DP1];
+        let mut rem0 = [0f32; DP1];
+        // The previous pixel's simplex (its first d remainder-0 coordinates and ranks) and
+        // vertex ids: neighbouring pixels often share one, and then skip the table.
+        let mut last: Option<([i32; D], [i32; D])> = None;
+        let mut ids = [0u32; DP1];
+        for ((f, offs), ws) in features
+            .chunks_exact(d)
+            .zip(offset.chunks_exact_mut(dp1))
+            .zip(weight.chunks_exact_mut(dp1))
+        {
             // Lift onto the plane sum = 0 of R^(d+1).
             let mut sum_cf = 0f32;
             for j in (1..=d).rev() {
@@ -130,12 +292,12 @@ impl Lattice {
             // The nearest remainder-0 point: each coordinate rounded to a multiple of d+1.
             let mut sum = 0i32;
             for j in 0..dp1 {
-                let v = (elevated[j] / dp1 as f32).round();
+                let v = round(elevated[j] / dp1 as f32);
                 rem0[j] = v * dp1 as f32;
                 sum += v as i32;
             }
             // Rank of each coordinate's residual (0 = largest), ties by index.
-            rank[..dp1].fill(0);
+            let mut rank = [0i32; DP1];
             for a in 0..d {
                 let da = elevated[a] - rem0[a];
                 for b in a + 1..dp1 {
@@ -158,43 +320,87 @@ impl Lattice {
                 }
             }
             // Barycentric coordinates (p. 10).
-            bary[..d + 2].fill(0.0);
+            let mut bary = [0f32; 8];
             for j in 0..dp1 {
                 let v = (elevated[j] - rem0[j]) / dp1 as f32;
                 let r = (d as i32 - rank[j]) as usize;
                 bary[r] += v;
                 bary[r + 1] -= v;
             }
-            bary[0] += 1.0 + bary[d + 1];
+            bary[0] += 1.0 + bary[dp1];
+            ws.copy_from_slice(&bary[..dp1]);
             // The simplex's vertices.
-            for r in 0..dp1 {
-                for j in 0..d {
-                    key[j] = rem0[j] as i32 + canonical[r][rank[j] as usize];
-                }
-                offset[i * dp1 + r] = table.insert(&key) + 1;
-                weight[i * dp1 + r] = bary[r];
+            let mut base = [0i32; D];
+            let mut ranks = [0i32; D];
+            for j in 0..d {
+                base[j] = rem0[j] as i32;
+                ranks[j] = rank[j];
             }
+            if last != Some((base, ranks)) {
+                for (r, id) in ids.iter_mut().enumerate() {
+                    let mut key = [0i32; D];
+                    for j in 0..d {
+                        key[j] = base[j] + canonical[r][ranks[j] as usize];
+                    }
+                    *id = table.insert(&key) + 1;
+                }
+                last = Some((base, ranks));
+            }
+            offs.copy_from_slice(&ids);
         }
 
         // Before the neighbour lists, the largest allocation, come.
         table.shrink();
         let vertices = table.len();
+        let lean = lean.unwrap_or(vertices > LEAN_VERTICES_PER_PIXEL * pixels);
+        // Vertex ids in an order that keeps lattice neighbours close in memory (the blur's
+        // and the simplices' accesses then mostly hit cache): `order[new] = old`.
+        let order = if lean {
+            None
+        } else {
+            Some(locality_order(&table))
+        };
+        let new_id: Vec<u32> = match &order {
+            Some(order) => {
+                let mut r = vec![0u32; vertices];
+                for (new, &old) in order.iter().enumerate() {
+                    r[old as usize] = new as u32;
+                }
+                for o in offset.iter_mut() {
+                    *o = r[*o as usize - 1] + 1;
+                }
+                r
+            }
+            None => Vec::new(),
+        };
         let mut lower = vec![0u32; dp1 * vertices];
-        let mut n1 = [0i32; D];
-        for j in 0..dp1 {
-            for v in 0..vertices {
-                let k = table.key(v);
+        let mut upper = vec![0u32; if lean { 0 } else { dp1 * vertices }];
+        for v in 0..vertices {
+            let k = *table.key(order.as_ref().map_or(v, |o| o[v] as usize));
+            for j in 0..dp1 {
                 // One step down axis j: +d in coordinate j and -1 elsewhere (the implied
                 // last coordinate takes the axis when j == d).
+                let mut n1 = [0i32; D];
                 for c in 0..d {
                     n1[c] = k[c] - 1;
                 }
                 if j < d {
                     n1[j] = k[j] + d as i32;
                 }
-                lower[j * vertices + v] = table.find(&n1).map_or(0, |v| v + 1);
+                if let Some(n) = table.find(&n1) {
+                    let n = if lean { n } else { new_id[n as usize] };
+                    lower[j * vertices + v] = n + 1;
+                    if !lean {
+                        upper[j * vertices + n as usize] = v as u32 + 1;
+                    }
+                }
             }
         }
+        drop(new_id);
+        drop(order);
+        let table_bytes = table.heap_bytes();
+        drop(table);
+
         Self {
             d,
             pixels,
@@ -202,7 +408,8 @@ impl Lattice {
             offset,
             weight,
             lower,
-            table_bytes: table.heap_bytes(),
+            upper,
+            table_bytes,
         }
     }
 
@@ -216,6 +423,10 @@ impl Lattice {
         self.vertices
     }
 
+    fn lean(&self) -> bool {
+        self.upper.is_empty()
+    }
+
     /// Bytes of the key table while the lattice was built: with [`Lattice::heap_bytes`],
     /// the peak of construction.
     pub(crate) fn table_bytes(&self) -> usize {
@@ -224,7 +435,11 @@ impl Lattice {
 
     /// Bytes the lattice keeps (the key table is dropped once built).
     pub(crate) fn heap_bytes(&self) -> usize {
-        (self.offset.capacity() + self.weight.capacity() + self.lower.capacity()) * 4
+        (self.offset.capacity()
+            + self.weight.capacity()
+            + self.lower.capacity()
+            + self.upper.capacity())
+            * 4
     }
 
     /// `out[i * stride + c] += post[i] * sum_j k(i, j) pre[j] input[j * stride + c]` for the
@@ -243,7 +458,13 @@ impl Lattice {
         out: &mut [f32],
         scratch: &mut Scratch,
     ) {
-        debug_assert!(input.len() >= self.pixels * stride && out.len() >= self.pixels * stride);
+        assert!(
+            input.len() >= self.pixels * stride
+                && out.len() >= self.pixels * stride
+                && pre.len() >= self.pixels
+                && post.len() >= self.pixels
+                && channels <= stride
+        );
         let widest = BUFFER_FLOATS / (2 * (self.vertices + 1));
         let mut c = 0;
         while c < channels {
@@ -259,89 +480,125 @@ impl Lattice {
                     (widest / 4).clamp(1, 4) * 4
                 });
             let width = left.min(lanes);
+            let g = Group {
+                input,
+                stride,
+                c0: c,
+                width,
+                pre,
+                post,
+            };
             match lanes {
-                4 => self.filter_group::<4>(input, stride, c, width, pre, post, out, scratch),
-                8 => self.filter_group::<8>(input, stride, c, width, pre, post, out, scratch),
-                12 => self.filter_group::<12>(input, stride, c, width, pre, post, out, scratch),
-                _ => self.filter_group::<16>(input, stride, c, width, pre, post, out, scratch),
+                4 => self.dispatch::<4>(&g, out, scratch),
+                8 => self.dispatch::<8>(&g, out, scratch),
+                12 => self.dispatch::<12>(&g, out, scratch),
+                _ => self.dispatch::<16>(&g, out, scratch),
             }
             c += width;
         }
     }
 
-    /// One group of `width <= W` channels starting at `c0`.
-    #[allow(clippy::too_many_arguments)]
-    fn filter_group<const W: usize>(
-        &self,
-        input: &[f32],
-        stride: usize,
-        c0: usize,
-        width: usize,
-        pre: &[f32],
-        post: &[f32],
-        out: &mut [f32],
-        scratch: &mut Scratch,
-    ) {
+    /// One group on the AVX2 path or the portable one: the same Rust code, compiled twice.
+    /// Each lane goes through the same IEEE operations in the same order either way (no
+    /// FMA, no reassociation), so both give the same bytes.
+    fn dispatch<const W: usize>(&self, g: &Group, out: &mut [f32], scratch: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        if scratch.simd {
+            // SAFETY: `scratch.simd` is only set when the CPU has AVX2.
+            unsafe { self.group_avx2::<W>(g, out, scratch) };
+            return;
+        }
+        self.group::<W>(g, out, scratch);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn group_avx2<const W: usize>(&self, g: &Group, out: &mut [f32], scratch: &mut Scratch) {
+        self.group::<W>(g, out, scratch);
+    }
+
+    /// One group of `g.width <= W` channels starting at `g.c0`: splat, blur, slice.
+    #[inline(always)]
+    fn group<const W: usize>(&self, g: &Group, out: &mut [f32], scratch: &mut Scratch) {
         let dp1 = self.d + 1;
-        let rows = self.vertices + 1;
+        let nv = self.vertices;
+        let rows = nv + 1;
+        let width = g.width;
         for buf in [&mut scratch.a, &mut scratch.b] {
             buf.clear();
             buf.resize(rows * W, 0.0);
         }
         let (a, _) = scratch.a.as_chunks_mut::<W>();
         let (b, _) = scratch.b.as_chunks_mut::<W>();
-
-        // Splat.
-        for i in 0..self.pixels {
+        // Pixel i's value times pre[i], W lanes (zero beyond `width`).
+        let value = |i: usize| {
             let mut v = [0f32; W];
-            let src = &input[i * stride + c0..i * stride + c0 + width];
+            let src = &g.input[i * g.stride + g.c0..i * g.stride + g.c0 + width];
             for (x, &s) in v.iter_mut().zip(src) {
-                *x = s * pre[i];
+                *x = s * g.pre[i];
             }
-            let offs = &self.offset[i * dp1..(i + 1) * dp1];
-            let ws = &self.weight[i * dp1..(i + 1) * dp1];
+            v
+        };
+
+        // Splat, pixel by pixel.
+        a[0] = [0.0; W];
+        for (i, (offs, ws)) in self
+            .offset
+            .chunks_exact(dp1)
+            .zip(self.weight.chunks_exact(dp1))
+            .enumerate()
+        {
+            let v = value(i);
             for (&o, &w) in offs.iter().zip(ws) {
-                let dst = &mut a[o as usize];
+                let mut t = a[o as usize];
                 for l in 0..W {
-                    dst[l] += w * v[l];
+                    t[l] += w * v[l];
                 }
+                a[o as usize] = t;
             }
         }
-        // Blur along each lattice axis: next = cur + (cur[lower] + cur[upper]) / 2, added
-        // pair by pair (each vertex with its lower neighbour, both ways). Row 0 is where
-        // absent neighbours point: it takes junk and is zeroed after each axis.
+        // Blur along each lattice axis, as densecrf: next = cur + (cur[lower] + cur[upper])
+        // / 2. Row 0, the absent neighbour, stays zero in both buffers.
         let (mut cur, mut next) = (a, b);
         for j in 0..dp1 {
-            next.copy_from_slice(cur);
-            let lower = &self.lower[j * self.vertices..(j + 1) * self.vertices];
-            for (v, &n) in lower.iter().enumerate() {
-                let (me, below) = (cur[v + 1], cur[n as usize]);
-                let dst = &mut next[v + 1];
-                for l in 0..W {
-                    dst[l] += 0.5 * below[l];
-                }
-                let dst = &mut next[n as usize];
-                for l in 0..W {
-                    dst[l] += 0.5 * me[l];
+            let lower = &self.lower[j * nv..(j + 1) * nv];
+            if self.lean() {
+                blur_axis_lean(cur, next, lower);
+            } else {
+                let upper = &self.upper[j * nv..(j + 1) * nv];
+                for (((dst, me), &lo), &up) in
+                    next[1..].iter_mut().zip(&cur[1..]).zip(lower).zip(upper)
+                {
+                    // By value: all loads before the store, so the lanes vectorise (the
+                    // buffers might alias as far as the compiler knows).
+                    let (me, below, above) = (*me, cur[lo as usize], cur[up as usize]);
+                    let mut t = [0f32; W];
+                    for l in 0..W {
+                        t[l] = me[l] + 0.5 * (below[l] + above[l]);
+                    }
+                    *dst = t;
                 }
             }
-            next[0] = [0.0; W];
             std::mem::swap(&mut cur, &mut next);
         }
+
         // Slice.
-        for i in 0..self.pixels {
+        for (i, (offs, ws)) in self
+            .offset
+            .chunks_exact(dp1)
+            .zip(self.weight.chunks_exact(dp1))
+            .enumerate()
+        {
             let mut acc = [0f32; W];
-            let offs = &self.offset[i * dp1..(i + 1) * dp1];
-            let ws = &self.weight[i * dp1..(i + 1) * dp1];
             for (&o, &w) in offs.iter().zip(ws) {
-                let src = &cur[o as usize];
+                let src = cur[o as usize];
                 for l in 0..W {
                     acc[l] += w * src[l];
                 }
             }
-            let dst = &mut out[i * stride + c0..i * stride + c0 + width];
+            let dst = &mut out[i * g.stride + g.c0..i * g.stride + g.c0 + width];
             for (d, &x) in dst.iter_mut().zip(&acc) {
-                *d += post[i] * x;
+                *d += g.post[i] * x;
             }
         }
     }

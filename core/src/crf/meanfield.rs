@@ -4,7 +4,9 @@
 //! N_m = diag(1 / sqrt(K_m 1)) its symmetric normalisation (densecrf's NORMALIZE_SYMMETRIC,
 //! pydensecrf's default). Like densecrf, the filtering includes each pixel's own value.
 
-use super::config::CrfConfig;
+use std::sync::{Arc, Mutex};
+
+use super::config::{CrfConfig, GaussianKernel};
 use super::lattice::{Lattice, Scratch};
 use super::{CrfError, CrfImage, Refined};
 
@@ -37,17 +39,39 @@ impl Kernel {
     }
 }
 
+/// The Gaussian kernel depends only on the image's size and the kernel's settings: the
+/// last one built is kept for the next image (most batches are of one size). Building it
+/// again gives the same bytes, so the cache changes no output.
+type GaussianKey = (usize, usize, u32, u32);
+static GAUSSIAN: Mutex<Option<(GaussianKey, Arc<Kernel>)>> = Mutex::new(None);
+
+fn gaussian_key(g: GaussianKernel, w: usize, h: usize) -> GaussianKey {
+    (w, h, g.sxy.to_bits(), g.compat.to_bits())
+}
+
 /// The kernels of `img` under `cfg`; a kernel with compat 0 adds nothing and is left out.
+/// The Gaussian one comes from (and goes to) the cache when `cached`.
 pub(crate) fn kernels(
     cfg: &CrfConfig,
     img: &CrfImage,
     scratch: &mut Scratch,
-) -> Result<Vec<Kernel>, CrfError> {
+    cached: bool,
+) -> Result<Vec<Arc<Kernel>>, CrfError> {
     let (w, h) = (img.width, img.height);
+    let key = gaussian_key(cfg.gaussian, w, h);
+    let hit = cached
+        .then(|| {
+            let cache = GAUSSIAN.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, kernel)| kernel.clone())
+        })
+        .flatten();
     // Both lattices first, then their normalisations: the value buffers are allocated only
     // after the key tables are gone (peak memory).
     let mut lattices = Vec::new();
-    if cfg.gaussian.compat > 0.0 {
+    if cfg.gaussian.compat > 0.0 && hit.is_none() {
         let s = cfg.gaussian.sxy;
         let mut f = Vec::with_capacity(w * h * 2);
         for y in 0..h {
@@ -74,17 +98,31 @@ pub(crate) fn kernels(
         }
         lattices.push((Lattice::new(&f, 5)?, cfg.bilateral.compat));
     }
-    Ok(lattices
-        .into_iter()
-        .map(|(l, compat)| Kernel::new(l, compat, scratch))
-        .collect())
+    let mut out: Vec<Arc<Kernel>> = hit.into_iter().collect();
+    for (i, (l, compat)) in lattices.into_iter().enumerate() {
+        let kernel = Arc::new(Kernel::new(l, compat, scratch));
+        if cached && i == 0 && out.is_empty() && cfg.gaussian.compat > 0.0 {
+            *GAUSSIAN.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, kernel.clone()));
+        }
+        out.push(kernel);
+    }
+    Ok(out)
 }
 
 /// Mean-field inference on one checked image.
 pub(crate) fn infer(cfg: &CrfConfig, img: &CrfImage) -> Result<Refined, CrfError> {
+    infer_with(cfg, img, Scratch::default(), true)
+}
+
+/// [`infer`] with the given buffers (the AVX2 path or not) and Gaussian cache use.
+pub(crate) fn infer_with(
+    cfg: &CrfConfig,
+    img: &CrfImage,
+    mut scratch: Scratch,
+    cached: bool,
+) -> Result<Refined, CrfError> {
     let k = img.classes;
-    let mut scratch = Scratch::default();
-    let kernels = kernels(cfg, img, &mut scratch)?;
+    let kernels = kernels(cfg, img, &mut scratch, cached)?;
     let mut q: Vec<f32> = img.unary.iter().map(|u| -u).collect();
     softmax(&mut q, k);
     let mut logits = vec![0f32; q.len()];

@@ -172,8 +172,8 @@ pub struct LatticeMemory {
     /// Bytes both lattices keep through inference (vertex ids, weights, neighbours,
     /// normalisations).
     pub lattice_bytes: usize,
-    /// Bytes of the value buffers the filtering reuses (two rows of 8 floats per vertex of
-    /// the larger lattice, whatever K).
+    /// Bytes of the value buffers the filtering reuses (two rows of 4 to 16 floats per
+    /// vertex of the larger lattice, whatever K).
     pub scratch_bytes: usize,
     /// The most held while the lattices were built (before the value buffers exist): both
     /// lattices, the larger transient key table and the bilateral features.
@@ -196,7 +196,7 @@ pub fn lattice_memory(cfg: &CrfConfig, img: &CrfImage) -> Result<LatticeMemory, 
         },
         ..*cfg
     };
-    let kernels = meanfield::kernels(&both, img, &mut scratch)?;
+    let kernels = meanfield::kernels(&both, img, &mut scratch, false)?;
     Ok(LatticeMemory {
         gaussian_vertices: kernels[0].lattice.vertices(),
         bilateral_vertices: kernels[1].lattice.vertices(),

@@ -233,11 +233,87 @@ fn same_bytes_at_one_and_two_threads() {
     assert_eq!(one.len(), 5);
     for (a, b) in one.iter().zip(&two) {
         assert_eq!(a.labels, b.labels);
-        let bits = |r: &Refined| r.marginals.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(a), bits(b));
     }
     // And a batch gives each image what it gets alone.
     assert_eq!(one[3], refine(&cfg, &images[3]).unwrap());
+}
+
+fn bits(r: &Refined) -> Vec<u32> {
+    r.marginals.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The AVX2 path (where the CPU has it) and the portable one, with the Gaussian kernel
+/// cached or built afresh, give the same bytes, for class counts that fill the channel
+/// groups in different ways.
+#[test]
+fn simd_portable_and_cached_give_the_same_bytes() {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("no AVX2 here: the portable path is compared with itself");
+    }
+    let cfg = CrfConfig::default();
+    for (k, seed) in [(3, 21), (11, 22), (27, 23)] {
+        let scene = Scene::new(37, 29, k, seed);
+        let img = scene.image();
+        let portable =
+            meanfield::infer_with(&cfg, &img, lattice::Scratch::with_simd(false), false).unwrap();
+        let simd =
+            meanfield::infer_with(&cfg, &img, lattice::Scratch::with_simd(true), false).unwrap();
+        assert_eq!(bits(&portable), bits(&simd), "K = {k}");
+        // Twice through the cache: the second takes the cached Gaussian kernel.
+        for _ in 0..2 {
+            assert_eq!(
+                bits(&refine(&cfg, &img).unwrap()),
+                bits(&portable),
+                "K = {k}"
+            );
+        }
+    }
+}
+
+/// A lean lattice (no upper neighbours, insertion order) filters to the same bytes as the
+/// full one (upper neighbours, Morton order), on both kernels' features.
+#[test]
+fn lean_and_full_lattices_give_the_same_bytes() {
+    let scene = Scene::new(41, 33, 3, 31);
+    let n = scene.width * scene.height;
+    let pos = |i: usize, s: f32| [(i % scene.width) as f32 / s, (i / scene.width) as f32 / s];
+    let gaussian: Vec<f32> = (0..n).flat_map(|i| pos(i, 1.0)).collect();
+    let bilateral: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let mut f = pos(i, 7.0).to_vec();
+            f.extend((0..3).map(|c| scene.rgb[i * 3 + c] as f32 / 3.0));
+            f
+        })
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let channels = 13;
+    let values: Vec<f32> = (0..n * channels)
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
+    let pre: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..1.5)).collect();
+    let post: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..1.5)).collect();
+    for (f, d) in [(&gaussian, 2), (&bilateral, 5)] {
+        let outs: Vec<Vec<u32>> = [false, true]
+            .into_iter()
+            .map(|lean| {
+                let lat = lattice::Lattice::with_form(f, d, Some(lean)).unwrap();
+                let mut out = vec![0.25f32; n * channels];
+                let mut scratch = lattice::Scratch::default();
+                lat.filter_add(
+                    &values,
+                    channels,
+                    channels,
+                    &pre,
+                    &post,
+                    &mut out,
+                    &mut scratch,
+                );
+                out.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert_eq!(outs[0], outs[1], "d = {d}");
+    }
 }
 
 #[test]
@@ -401,7 +477,7 @@ fn crf_timing() {
     }
     let t = std::time::Instant::now();
     let mut scratch = lattice::Scratch::default();
-    let kernels = meanfield::kernels(&cfg, &scene.image(), &mut scratch).unwrap();
+    let kernels = meanfield::kernels(&cfg, &scene.image(), &mut scratch, false).unwrap();
     eprintln!("lattices: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     drop(kernels);
 }

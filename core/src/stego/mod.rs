@@ -8,9 +8,9 @@
 
 pub mod head;
 pub mod loss;
-pub mod probe;
 #[cfg(test)]
 mod parity;
+pub mod probe;
 
 pub use head::{StegoHead, StegoHeadConfig};
 pub use loss::{correspondence_loss, CorrHistogram, CorrLossConfig, Samples, Terms};
