@@ -12,7 +12,7 @@ use crate::backbone::BackboneParams;
 use crate::io::ports::{BATCHES, CHECKPOINT, TOKENS, TRAIN_TOKENS, VAL_TOKENS};
 
 /// The source node of node `i`'s input `port`.
-fn source(plan: &Plan, i: usize, port: &str) -> Option<usize> {
+pub(crate) fn source(plan: &Plan, i: usize, port: &str) -> Option<usize> {
     plan.nodes[i]
         .inputs
         .iter()

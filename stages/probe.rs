@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::checks::source;
 use crate::io::checkpoint;
 use crate::io::ports::{CHECKPOINT, EVAL_TOKENS, PROBE, PROBE_METRICS, TRAIN_TOKENS, VAL_TOKENS};
 use crate::io::tables::{self, ProbeStep, ProbeWeights};
@@ -309,17 +310,6 @@ impl Stage for Probe {
             .write(&tables::probe_metrics_batch(&rows)?)?;
         Ok(())
     }
-}
-
-/// The source node of node `i`'s input `port`.
-fn source(plan: &Plan, i: usize, port: &str) -> Option<usize> {
-    plan.nodes[i]
-        .inputs
-        .iter()
-        .find(|inp| inp.port.name == port)?
-        .source
-        .as_ref()
-        .map(|(p, _)| *p)
 }
 
 fn param<'a>(plan: &'a Plan, i: usize, name: &str) -> &'a serde_json::Value {

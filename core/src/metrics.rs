@@ -329,7 +329,18 @@ pub fn evaluate(
         return Err(MetricsError::NoValidPixels);
     }
     let assignment = match_clusters(conf, matching)?;
+    Ok((score_matched(conf, &assignment, is_thing), assignment))
+}
 
+/// The metrics of `conf` under a given cluster -> class `assignment` (indexed by cluster;
+/// `None`: unmatched): [`evaluate`] after its matching, and a supervised classifier's scores
+/// with the identity. `is_thing`, when given, has one entry per class (checked by callers).
+pub fn score_matched(
+    conf: &Confusion,
+    assignment: &[Option<usize>],
+    is_thing: Option<&[bool]>,
+) -> Metrics {
+    let c = conf.classes;
     // Class x class confusion: sum each cluster's column into its matched class.
     // Unmatched clusters are empty (Majority maps only empty clusters to None),
     // so no pixel is lost.
@@ -370,7 +381,7 @@ pub fn evaluate(
             (!m.is_nan()).then_some(m)
         })
     };
-    let metrics = Metrics {
+    Metrics {
         pixel_accuracy: 100.0 * matched as f64 / conf.total as f64,
         miou: all,
         thing_miou: group(true),
@@ -378,8 +389,7 @@ pub fn evaluate(
         per_class_iou,
         valid_pixels: conf.total,
         matched_pixels: matched,
-    };
-    Ok((metrics, assignment))
+    }
 }
 
 /// Mean of the non-NaN values (numpy's nanmean); NaN when there are none.

@@ -481,11 +481,21 @@ fn stego_loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
             points: steps(f64s(t, "loss_neg")?),
         },
     ];
+    per_step_chart(t, "STEGO loss per step", "correlation loss", &series)
+}
+
+/// A chart of per-step series over all epochs in order, with the epoch boundaries.
+fn per_step_chart(
+    t: &DataFrame,
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<String, AnalysisError> {
     line_chart(&LineChart {
-        title: "STEGO loss per step",
+        title,
         x_label: "step (all epochs in order)",
-        y_label: "correlation loss",
-        series: &series,
+        y_label,
+        series,
         y_range: None,
         vlines: &epoch_bounds(t)?,
         vlines_name: "epoch boundary",
@@ -511,17 +521,12 @@ fn loss_figure(t: &DataFrame) -> Result<String, AnalysisError> {
             points: steps(f64s(t, "loss_cross")?),
         },
     ];
-    let bounds = epoch_bounds(t)?;
-    line_chart(&LineChart {
-        title: "train loss per step",
-        x_label: "step (all epochs in order)",
-        y_label: "weighted cross-entropy (nats)",
-        series: &series,
-        y_range: None,
-        vlines: &bounds,
-        vlines_name: "epoch boundary",
-        whole_x: true,
-    })
+    per_step_chart(
+        t,
+        "train loss per step",
+        "weighted cross-entropy (nats)",
+        &series,
+    )
 }
 
 /// Cluster ids are arbitrary per k-means run, so sizes are compared by rank, not by id.

@@ -317,52 +317,9 @@ pub fn supervised_scores(
     if conf.total() == 0 {
         return Err(MetricsError::NoValidPixels);
     }
-    let at = |g: usize, k: usize| conf.get(g, k).unwrap_or(0);
-    let mut per_class_iou = Vec::with_capacity(c);
-    let mut matched = 0u64;
-    for k in 0..c {
-        let tp = at(k, k);
-        let row: u64 = (0..c).map(|j| at(k, j)).sum();
-        let col: u64 = (0..c).map(|g| at(g, k)).sum();
-        matched += tp;
-        let union = row + col - tp;
-        per_class_iou.push(if union == 0 {
-            f64::NAN
-        } else {
-            100.0 * tp as f64 / union as f64
-        });
-    }
-    let nan_mean = |v: &mut dyn Iterator<Item = f64>| {
-        let (s, n) = v
-            .filter(|x| !x.is_nan())
-            .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-        if n == 0 {
-            f64::NAN
-        } else {
-            s / n as f64
-        }
-    };
-    let group = |want: bool| {
-        is_thing.and_then(|t| {
-            let m = nan_mean(
-                &mut per_class_iou
-                    .iter()
-                    .zip(t)
-                    .filter(|&(_, &th)| th == want)
-                    .map(|(&v, _)| v),
-            );
-            (!m.is_nan()).then_some(m)
-        })
-    };
-    Ok(Metrics {
-        pixel_accuracy: 100.0 * matched as f64 / conf.total() as f64,
-        miou: nan_mean(&mut per_class_iou.iter().copied()),
-        thing_miou: group(true),
-        stuff_miou: group(false),
-        per_class_iou,
-        valid_pixels: conf.total(),
-        matched_pixels: matched,
-    })
+    // Class k predicts class k: the identity matching.
+    let identity: Vec<Option<usize>> = (0..c).map(Some).collect();
+    Ok(crate::metrics::score_matched(conf, &identity, is_thing))
 }
 
 #[cfg(test)]
