@@ -88,8 +88,9 @@ fn a_tiny_pipeline_runs_then_is_cached_and_inspectable() {
     assert!(show.status.success(), "{}", text(&show));
     let t = text(&show);
     // Two rows: epoch 0 from the history, epoch 1 from this node, in a Polars frame (10
-    // columns, and 3 more that a `crf:` evaluation fills).
-    assert!(t.contains("shape: (2, 13)"), "{t}");
+    // columns, 3 more that a `crf:` evaluation fills, and 4 a `probe` input's linear probe
+    // fills).
+    assert!(t.contains("shape: (2, 17)"), "{t}");
     assert!(t.contains("miou"), "{t}");
 
     let gc = picie(dir.path(), &["gc", "--store", "store", "--dry-run"]);
@@ -231,7 +232,8 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     for kind in [
-        "augment", "backbone", "evaluate", "extract", "init", "kmeans", "label", "train",
+        "augment", "backbone", "evaluate", "extract", "init", "kmeans", "knn", "label", "probe",
+        "stego", "train",
     ] {
         assert!(
             t.contains(&format!(
@@ -240,8 +242,8 @@ fn kinds_say_where_each_kind_lives_and_what_it_reads() {
             "{kind}: {t}"
         );
     }
-    // augment, backbone (evaluation crops) and evaluate.
-    assert_eq!(t.matches("    reads dataset").count(), 3, "{t}");
+    // augment, backbone (evaluation crops), evaluate and probe (the training masks).
+    assert_eq!(t.matches("    reads dataset").count(), 4, "{t}");
     assert!(t.contains("top-level sections: device:"), "{t}");
     assert!(
         t.contains("dataset: (the data set, keyed into kinds that read it)"),
