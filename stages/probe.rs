@@ -89,7 +89,8 @@ pub struct Probe(ProbeParams);
 impl Stage for Probe {
     type Params = ProbeParams;
     const KIND: &'static str = "probe";
-    const VERSION: u32 = 1;
+    // 2: the linear probe's upsampling as matrix products (equal to 1e-6, not bit for bit).
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "STEGO's cluster probe and (supervised) linear probe on a trained head's code: checkpoint + train tokens in, probe out";
 

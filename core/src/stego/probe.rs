@@ -150,8 +150,15 @@ pub fn linear_loss(
     if labelled == 0 {
         return Ok(None);
     }
-    let logits =
-        linear_logits(code, weight, bias)?.f_upsample_bilinear2d([h, w], false, None, None)?;
+    // The upsampling as two matrix products (rows, then columns): the same interpolation as
+    // `upsample_bilinear2d`, but its backward on CPU was most of a probe step's time.
+    let logits = linear_logits(code, weight, bias)?;
+    let (ch, cw) = (logits.size()[2], logits.size()[3]);
+    let (ry, rx) = (
+        bilinear_matrix(h, ch, logits.kind(), logits.device())?,
+        bilinear_matrix(w, cw, logits.kind(), logits.device())?,
+    );
+    let logits = ry.f_matmul(&logits.f_matmul(&rx.f_transpose(0, 1)?)?)?;
     Ok(Some(logits.f_cross_entropy_loss::<Tensor>(
         &targets.f_to_device(logits.device())?,
         None,
@@ -159,6 +166,26 @@ pub fn linear_loss(
         IGNORE,
         0.0,
     )?))
+}
+
+/// The out x len matrix of 1-D bilinear interpolation from `len` samples to `out`, as
+/// PyTorch computes it with `align_corners = false` (source = (i + 0.5) len / out - 0.5,
+/// clamped at 0; the upper neighbour clamped at the edge).
+fn bilinear_matrix(out: i64, len: i64, kind: Kind, device: Device) -> Result<Tensor, StegoError> {
+    let scale = len as f64 / out as f64;
+    let mut m = vec![0f32; (out * len) as usize];
+    for i in 0..out {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src as i64).min(len - 1);
+        let i1 = (i0 + 1).min(len - 1);
+        let l1 = (src - i0 as f64) as f32;
+        m[(i * len + i0) as usize] += 1.0 - l1;
+        m[(i * len + i1) as usize] += l1;
+    }
+    Ok(Tensor::from_slice(&m)
+        .f_view([out, len])?
+        .f_to_kind(kind)?
+        .f_to_device(device)?)
 }
 
 fn check_code(code: &Tensor, rows: &Tensor, what: &str) -> Result<(), StegoError> {
@@ -382,6 +409,22 @@ mod tests {
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
         let none = Tensor::full([1, 2, 2], IGNORE, (Kind::Int64, Device::Cpu));
         assert!(linear_loss(&code, &w, &b, &none).unwrap().is_none());
+    }
+
+    /// The matrix form of the upsampling equals `upsample_bilinear2d` (align_corners false),
+    /// down and up, at the probe's 23 -> 322 and at sizes with edge clamping.
+    #[test]
+    fn bilinear_matrix_matches_upsample_bilinear2d() {
+        tch::manual_seed(7);
+        for (h, w, oh, ow) in [(23, 23, 322, 322), (5, 3, 7, 11), (6, 9, 4, 2), (1, 1, 3, 2)] {
+            let x = Tensor::randn([2, 3, h, w], (Kind::Float, Device::Cpu));
+            let want = x.upsample_bilinear2d([oh, ow], false, None, None);
+            let ry = bilinear_matrix(oh, h, Kind::Float, Device::Cpu).unwrap();
+            let rx = bilinear_matrix(ow, w, Kind::Float, Device::Cpu).unwrap();
+            let got = ry.matmul(&x.matmul(&rx.transpose(0, 1)));
+            let d = (got - want).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{h}x{w} -> {oh}x{ow}: max |d| {d}");
+        }
     }
 
     /// Training on two well-separated directions: the cluster loss falls and the linear
