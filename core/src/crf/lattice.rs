@@ -10,7 +10,7 @@
 //! Everything is sequential per image and in f32, so a lattice and its filtering give the
 //! same bytes on every run.
 
-use super::hash::KeyTable;
+use super::hash::{same_key, KeyTable};
 use super::CrfError;
 
 /// The widest feature a lattice takes (the CRF uses 2 and 5).
@@ -98,13 +98,9 @@ fn avx2_available() -> bool {
 fn round(x: f32) -> f32 {
     let t = x as i32 as f32;
     let f = x - t;
-    if f >= 0.5 {
-        t + 1.0
-    } else if f <= -0.5 {
-        t - 1.0
-    } else {
-        t
-    }
+    // Without branches (the sign of the residual is a coin toss); t is never -0, so
+    // t + 0 is t.
+    t + (i32::from(f >= 0.5) - i32::from(f <= -0.5)) as f32
 }
 
 /// One blur axis of a lean lattice (no upper neighbours), the same bytes as the one-pass
@@ -203,6 +199,8 @@ struct Group<'a> {
     width: usize,
     pre: &'a [f32],
     post: &'a [f32],
+    /// `out = -base + ...` instead of `out += ...`.
+    base: Option<&'a [f32]>,
 }
 
 impl Lattice {
@@ -267,7 +265,7 @@ impl Lattice {
             }
         }
 
-        let mut table = KeyTable::<D>::new(pixels);
+        let mut table = KeyTable::<D>::new(pixels, pixels * dp1);
         let mut offset = vec![0u32; pixels * dp1];
         let mut weight = vec![0f32; pixels * dp1];
         let mut elevated = [0f32; DP1];
@@ -336,7 +334,7 @@ impl Lattice {
                 base[j] = rem0[j] as i32;
                 ranks[j] = rank[j];
             }
-            if last != Some((base, ranks)) {
+            if !last.is_some_and(|(b, r)| same_key(&b, &base) && same_key(&r, &ranks)) {
                 for (r, id) in ids.iter_mut().enumerate() {
                     let mut key = [0i32; D];
                     for j in 0..d {
@@ -375,19 +373,29 @@ impl Lattice {
         };
         let mut lower = vec![0u32; dp1 * vertices];
         let mut upper = vec![0u32; if lean { 0 } else { dp1 * vertices }];
-        for v in 0..vertices {
-            let k = *table.key(order.as_ref().map_or(v, |o| o[v] as usize));
+        // In insertion order, which reads the keys in a row; the home slots of a vertex's
+        // d+1 neighbours are read before any is resolved, so that the misses overlap.
+        for old in 0..vertices {
+            let k = *table.key(old);
+            let v = if lean { old } else { new_id[old] as usize };
+            let mut near = [[0i32; D]; DP1];
+            let mut hashes = [0u64; DP1];
+            let mut touch = 0u32;
             for j in 0..dp1 {
                 // One step down axis j: +d in coordinate j and -1 elsewhere (the implied
                 // last coordinate takes the axis when j == d).
-                let mut n1 = [0i32; D];
                 for c in 0..d {
-                    n1[c] = k[c] - 1;
+                    near[j][c] = k[c] - 1;
                 }
                 if j < d {
-                    n1[j] = k[j] + d as i32;
+                    near[j][j] = k[j] + d as i32;
                 }
-                if let Some(n) = table.find(&n1) {
+                hashes[j] = KeyTable::<D>::hash(&near[j]);
+                touch ^= table.peek(table.home(hashes[j]));
+            }
+            std::hint::black_box(touch);
+            for j in 0..dp1 {
+                if let Some(n) = table.find_hashed(&near[j], hashes[j]) {
                     let n = if lean { n } else { new_id[n as usize] };
                     lower[j * vertices + v] = n + 1;
                     if !lean {
@@ -458,6 +466,39 @@ impl Lattice {
         out: &mut [f32],
         scratch: &mut Scratch,
     ) {
+        self.filter(input, stride, channels, pre, post, None, out, scratch);
+    }
+
+    /// As [`Lattice::filter_add`], but `out = -base + post * ...` (base laid out as `out`):
+    /// the mean field's first message of an iteration, added to -U in the same pass.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn filter_onto_negated(
+        &self,
+        input: &[f32],
+        stride: usize,
+        channels: usize,
+        pre: &[f32],
+        post: &[f32],
+        base: &[f32],
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        assert!(base.len() >= self.pixels * stride);
+        self.filter(input, stride, channels, pre, post, Some(base), out, scratch);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn filter(
+        &self,
+        input: &[f32],
+        stride: usize,
+        channels: usize,
+        pre: &[f32],
+        post: &[f32],
+        base: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
         assert!(
             input.len() >= self.pixels * stride
                 && out.len() >= self.pixels * stride
@@ -487,6 +528,7 @@ impl Lattice {
                 width,
                 pre,
                 post,
+                base,
             };
             match lanes {
                 4 => self.dispatch::<4>(&g, out, scratch),
@@ -524,12 +566,15 @@ impl Lattice {
         let nv = self.vertices;
         let rows = nv + 1;
         let width = g.width;
-        for buf in [&mut scratch.a, &mut scratch.b] {
-            buf.clear();
-            buf.resize(rows * W, 0.0);
-        }
+        // The splat accumulates into `a`, so it starts at zero; `b` is written in full by
+        // the first blur pass except row 0, the zero row (a filling of b would be one more
+        // pass over the largest buffer).
+        scratch.a.clear();
+        scratch.a.resize(rows * W, 0.0);
+        scratch.b.resize(rows * W, 0.0);
         let (a, _) = scratch.a.as_chunks_mut::<W>();
         let (b, _) = scratch.b.as_chunks_mut::<W>();
+        b[0] = [0.0; W];
         // Pixel i's value times pre[i], W lanes (zero beyond `width`).
         let value = |i: usize| {
             let mut v = [0f32; W];
@@ -596,9 +641,20 @@ impl Lattice {
                     acc[l] += w * src[l];
                 }
             }
-            let dst = &mut out[i * g.stride + g.c0..i * g.stride + g.c0 + width];
-            for (d, &x) in dst.iter_mut().zip(&acc) {
-                *d += g.post[i] * x;
+            let at = i * g.stride + g.c0..i * g.stride + g.c0 + width;
+            let dst = &mut out[at.clone()];
+            match g.base {
+                // -b + p x: the same operations as out = -b, then out += p x.
+                Some(base) => {
+                    for ((d, &x), &b) in dst.iter_mut().zip(&acc).zip(&base[at]) {
+                        *d = -b + g.post[i] * x;
+                    }
+                }
+                None => {
+                    for (d, &x) in dst.iter_mut().zip(&acc) {
+                        *d += g.post[i] * x;
+                    }
+                }
             }
         }
     }

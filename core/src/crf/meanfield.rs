@@ -127,12 +127,29 @@ pub(crate) fn infer_with(
     softmax(&mut q, k);
     let mut logits = vec![0f32; q.len()];
     for _ in 0..cfg.iterations {
-        for (l, u) in logits.iter_mut().zip(img.unary) {
-            *l = -u;
-        }
-        for m in &kernels {
-            m.lattice
-                .filter_add(&q, k, k, &m.norm, &m.post, &mut logits, &mut scratch);
+        // -U + the messages; the first kernel writes -U with its own (one pass less).
+        match kernels.split_first() {
+            Some((first, rest)) => {
+                first.lattice.filter_onto_negated(
+                    &q,
+                    k,
+                    k,
+                    &first.norm,
+                    &first.post,
+                    img.unary,
+                    &mut logits,
+                    &mut scratch,
+                );
+                for m in rest {
+                    m.lattice
+                        .filter_add(&q, k, k, &m.norm, &m.post, &mut logits, &mut scratch);
+                }
+            }
+            None => {
+                for (l, u) in logits.iter_mut().zip(img.unary) {
+                    *l = -u;
+                }
+            }
         }
         softmax(&mut logits, k);
         std::mem::swap(&mut q, &mut logits);
