@@ -416,7 +416,12 @@ mod tests {
     #[test]
     fn bilinear_matrix_matches_upsample_bilinear2d() {
         tch::manual_seed(7);
-        for (h, w, oh, ow) in [(23, 23, 322, 322), (5, 3, 7, 11), (6, 9, 4, 2), (1, 1, 3, 2)] {
+        for (h, w, oh, ow) in [
+            (23, 23, 322, 322),
+            (5, 3, 7, 11),
+            (6, 9, 4, 2),
+            (1, 1, 3, 2),
+        ] {
             let x = Tensor::randn([2, 3, h, w], (Kind::Float, Device::Cpu));
             let want = x.upsample_bilinear2d([oh, ow], false, None, None);
             let ry = bilinear_matrix(oh, h, Kind::Float, Device::Cpu).unwrap();
