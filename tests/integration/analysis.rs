@@ -94,8 +94,13 @@ fn remove_output(run: &Run, kind: &str, epoch: u32, output: &str) -> String {
 }
 
 fn run_tiny(dir: &Path) -> PathBuf {
+    run_yaml(dir, &tiny2())
+}
+
+/// Runs `yaml` as `dir`/p.yaml on a store in `dir`/store, which it returns.
+fn run_yaml(dir: &Path, yaml: &str) -> PathBuf {
     let path = dir.join("p.yaml");
-    std::fs::write(&path, tiny2()).unwrap();
+    std::fs::write(&path, yaml).unwrap();
     let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
     let store_dir = dir.join("store");
     let store = picie::Store::open(&store_dir).unwrap();
@@ -549,12 +554,7 @@ fn a_final_evaluation_after_the_loop_is_the_runs_metrics() {
             "  - name: final\n    kind: evaluate\n    params: {res: 32, batch: 4, n_iter: 5}\n    inputs: {checkpoint: train.checkpoint, history: evaluate.metrics}\nloop:\n",
         );
     assert!(yaml.contains("name: final") && yaml.contains("dot_product"));
-    let path = dir.path().join("p.yaml");
-    std::fs::write(&path, &yaml).unwrap();
-    let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
-    let store_dir = dir.path().join("store");
-    let store = picie::Store::open(&store_dir).unwrap();
-    picie::run(&plan, &store, &Default::default()).unwrap();
+    let store_dir = run_yaml(dir.path(), &yaml);
     let m = Run::open(&store_dir, "tiny2").unwrap().metrics().unwrap();
     assert_eq!(u32s(&m, "epoch"), [0, 1, 2, 2]);
     assert_eq!(
@@ -579,12 +579,7 @@ fn the_report_draws_the_crf_refined_segmentation_the_evaluation_scored() {
         "      params: {res: 32, batch: 4, n_iter: 5, crf: {}}\n      inputs:\n        checkpoint: train.checkpoint",
     );
     assert!(yaml.contains("crf: {}"));
-    let path = dir.path().join("p.yaml");
-    std::fs::write(&path, &yaml).unwrap();
-    let plan = picie::Plan::load(&path, &picie::stages::builtin()).unwrap();
-    let store_dir = dir.path().join("store");
-    let store = picie::Store::open(&store_dir).unwrap();
-    picie::run(&plan, &store, &Default::default()).unwrap();
+    let store_dir = run_yaml(dir.path(), &yaml);
     let run = Run::open(&store_dir, "tinycrf").unwrap();
 
     let (preds, k) = picie::report::predictions(&run, usize::MAX).unwrap();
