@@ -136,8 +136,8 @@ impl<const D: usize> KeyTable<D> {
         id
     }
 
-    /// The id of `key`, inserting it when new.
-    #[inline]
+    /// The id of `key`, inserting it when new (the lattice hashes its keys itself).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: &[i32; D]) -> u32 {
         self.insert_hashed(key, Self::hash(key))
     }

@@ -27,12 +27,15 @@ const MAX_COORD: f32 = (1 << 20) as f32;
 const BUFFER_FLOATS: usize = 4 << 20;
 
 /// A lattice with more vertices than this many per pixel is lean: it keeps no upper blur
-/// neighbours and its vertices stay in insertion order (no reordering buffers while it is
-/// built), so that pure colour noise (6 vertices per pixel) stays within the memory budget;
-/// its blur takes three passes per axis instead of one. Both forms give the same bytes.
+/// neighbours, so that pure colour noise (6 vertices per pixel) stays within the memory
+/// budget; its blur takes three passes per axis instead of one. Both forms give the same
+/// bytes.
 const LEAN_VERTICES_PER_PIXEL: usize = 2;
 
-/// The filtering structure of one image's features.
+/// The filtering structure of one image's features. Vertex ids follow the pixels' raster
+/// scan (the order the table hands them out), so splat and slice walk the value buffers
+/// nearly in order: on CamVid frames this beat a Morton order of the keys by about 10 %
+/// end to end (BENCHMARKS.md).
 pub(crate) struct Lattice {
     d: usize,
     pixels: usize,
@@ -79,6 +82,11 @@ impl Scratch {
 
     pub(crate) fn heap_bytes(&self) -> usize {
         (self.a.capacity() + self.b.capacity()) * 4
+    }
+
+    /// Whether work on these buffers takes the AVX2 path.
+    pub(crate) fn simd(&self) -> bool {
+        self.simd
     }
 }
 
@@ -131,64 +139,37 @@ fn blur_axis_lean<const W: usize>(cur: &[[f32; W]], next: &mut [[f32; W]], lower
     }
 }
 
-/// The table's vertices in Morton (Z) order of their keys, so that lattice neighbours
-/// mostly sit close in memory: the bits of the D coordinates (less their minimum)
-/// interleaved, most significant first, at most 64 bits in all (each coordinate's low bits
-/// dropped as needed); ties keep insertion order (a stable radix sort).
-fn locality_order<const D: usize>(table: &KeyTable<D>) -> Vec<u32> {
-    let n = table.len();
-    let mut lo = [i32::MAX; D];
-    let mut hi = [i32::MIN; D];
-    for v in 0..n {
-        for (c, &k) in table.key(v).iter().enumerate() {
-            lo[c] = lo[c].min(k);
-            hi[c] = hi[c].max(k);
-        }
-    }
-    let bits = (0..D)
-        .map(|c| 32 - ((hi[c] as i64 - lo[c] as i64) as u32).leading_zeros())
-        .max()
-        .unwrap_or(0);
-    let keep = bits.min(64 / D as u32);
-    let mut codes: Vec<u64> = (0..n)
-        .map(|v| {
-            let k = table.key(v);
-            let mut off = [0u64; D];
-            for c in 0..D {
-                off[c] = (k[c] as i64 - lo[c] as i64) as u64 >> (bits - keep);
+/// The `k` values at `at` in `W` lanes, those past `k` zero. Where `W` lanes fit, they are
+/// read whole (a vector load; a copy of `k` values would be stored lane by lane and read
+/// back in one, which stalls on store forwarding).
+#[inline(always)]
+fn load_row<const W: usize>(src: &[f32], at: usize, k: usize) -> [f32; W] {
+    let mut r = [0f32; W];
+    match src.get(at..at + W) {
+        Some(whole) => {
+            for l in 0..W {
+                r[l] = if l < k { whole[l] } else { 0.0 };
             }
-            let mut code = 0u64;
-            for b in (0..keep).rev() {
-                for o in off {
-                    code = code << 1 | (o >> b & 1);
-                }
-            }
-            code
-        })
-        .collect();
-    // LSD radix sort of (code, id), a byte at a time.
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut codes2 = vec![0u64; n];
-    let mut order2 = vec![0u32; n];
-    for byte in 0..(keep * D as u32).div_ceil(8) {
-        let shift = 8 * byte;
-        let mut count = [0usize; 257];
-        for &c in &codes {
-            count[(c >> shift & 0xFF) as usize + 1] += 1;
         }
-        for i in 0..256 {
-            count[i + 1] += count[i];
-        }
-        for (&c, &v) in codes.iter().zip(&order) {
-            let at = &mut count[(c >> shift & 0xFF) as usize];
-            codes2[*at] = c;
-            order2[*at] = v;
-            *at += 1;
-        }
-        std::mem::swap(&mut codes, &mut codes2);
-        std::mem::swap(&mut order, &mut order2);
+        None => r[..k].copy_from_slice(&src[at..at + k]),
     }
-    order
+    r
+}
+
+/// Writes the first `k` of `v`'s lanes at `at`. Where `W` lanes fit, they are written whole,
+/// the lanes past `k` with what `dst` held there.
+#[inline(always)]
+fn store_row<const W: usize>(dst: &mut [f32], at: usize, k: usize, v: &[f32; W]) {
+    match dst.get_mut(at..at + W) {
+        Some(whole) => {
+            let mut r = [0f32; W];
+            for l in 0..W {
+                r[l] = if l < k { v[l] } else { whole[l] };
+            }
+            whole.copy_from_slice(&r);
+        }
+        None => dst[at..at + k].copy_from_slice(&v[..k]),
+    }
 }
 
 /// One channel group's operands.
@@ -335,12 +316,21 @@ impl Lattice {
                 ranks[j] = rank[j];
             }
             if !last.is_some_and(|(b, r)| same_key(&b, &base) && same_key(&r, &ranks)) {
-                for (r, id) in ids.iter_mut().enumerate() {
-                    let mut key = [0i32; D];
+                // All d+1 keys hashed and their home slots read before any is resolved,
+                // so that the cache misses overlap.
+                let mut keys = [[0i32; D]; DP1];
+                let mut hashes = [0u64; DP1];
+                let mut touch = 0u32;
+                for r in 0..dp1 {
                     for j in 0..d {
-                        key[j] = base[j] + canonical[r][ranks[j] as usize];
+                        keys[r][j] = base[j] + canonical[r][ranks[j] as usize];
                     }
-                    *id = table.insert(&key) + 1;
+                    hashes[r] = KeyTable::<D>::hash(&keys[r]);
+                    touch ^= table.peek(table.home(hashes[r]));
+                }
+                std::hint::black_box(touch);
+                for r in 0..dp1 {
+                    ids[r] = table.insert_hashed(&keys[r], hashes[r]) + 1;
                 }
                 last = Some((base, ranks));
             }
@@ -351,33 +341,12 @@ impl Lattice {
         table.shrink();
         let vertices = table.len();
         let lean = lean.unwrap_or(vertices > LEAN_VERTICES_PER_PIXEL * pixels);
-        // Vertex ids in an order that keeps lattice neighbours close in memory (the blur's
-        // and the simplices' accesses then mostly hit cache): `order[new] = old`.
-        let order = if lean {
-            None
-        } else {
-            Some(locality_order(&table))
-        };
-        let new_id: Vec<u32> = match &order {
-            Some(order) => {
-                let mut r = vec![0u32; vertices];
-                for (new, &old) in order.iter().enumerate() {
-                    r[old as usize] = new as u32;
-                }
-                for o in offset.iter_mut() {
-                    *o = r[*o as usize - 1] + 1;
-                }
-                r
-            }
-            None => Vec::new(),
-        };
         let mut lower = vec![0u32; dp1 * vertices];
         let mut upper = vec![0u32; if lean { 0 } else { dp1 * vertices }];
-        // In insertion order, which reads the keys in a row; the home slots of a vertex's
-        // d+1 neighbours are read before any is resolved, so that the misses overlap.
-        for old in 0..vertices {
-            let k = *table.key(old);
-            let v = if lean { old } else { new_id[old] as usize };
+        // The home slots of a vertex's d+1 neighbours are read before any is resolved, so
+        // that the misses overlap.
+        for v in 0..vertices {
+            let k = *table.key(v);
             let mut near = [[0i32; D]; DP1];
             let mut hashes = [0u64; DP1];
             let mut touch = 0u32;
@@ -396,7 +365,6 @@ impl Lattice {
             std::hint::black_box(touch);
             for j in 0..dp1 {
                 if let Some(n) = table.find_hashed(&near[j], hashes[j]) {
-                    let n = if lean { n } else { new_id[n as usize] };
                     lower[j * vertices + v] = n + 1;
                     if !lean {
                         upper[j * vertices + n as usize] = v as u32 + 1;
@@ -404,8 +372,6 @@ impl Lattice {
                 }
             }
         }
-        drop(new_id);
-        drop(order);
         let table_bytes = table.heap_bytes();
         drop(table);
 
@@ -562,9 +528,7 @@ impl Lattice {
     /// One group of `g.width <= W` channels starting at `g.c0`: splat, blur, slice.
     #[inline(always)]
     fn group<const W: usize>(&self, g: &Group, out: &mut [f32], scratch: &mut Scratch) {
-        let dp1 = self.d + 1;
-        let nv = self.vertices;
-        let rows = nv + 1;
+        let rows = self.vertices + 1;
         let width = g.width;
         // The splat accumulates into `a`, so it starts at zero; `b` is written in full by
         // the first blur pass except row 0, the zero row (a filling of b would be one more
@@ -575,37 +539,85 @@ impl Lattice {
         let (a, _) = scratch.a.as_chunks_mut::<W>();
         let (b, _) = scratch.b.as_chunks_mut::<W>();
         b[0] = [0.0; W];
-        // Pixel i's value times pre[i], W lanes (zero beyond `width`).
-        let value = |i: usize| {
-            let mut v = [0f32; W];
-            let src = &g.input[i * g.stride + g.c0..i * g.stride + g.c0 + width];
-            for (x, &s) in v.iter_mut().zip(src) {
-                *x = s * g.pre[i];
-            }
-            v
-        };
-
-        // Splat, pixel by pixel.
-        a[0] = [0.0; W];
-        for (i, (offs, ws)) in self
-            .offset
-            .chunks_exact(dp1)
-            .zip(self.weight.chunks_exact(dp1))
-            .enumerate()
-        {
-            let v = value(i);
-            for (&o, &w) in offs.iter().zip(ws) {
-                let mut t = a[o as usize];
-                for l in 0..W {
-                    t[l] += w * v[l];
+        for i in 0..self.pixels {
+            let v = load_row::<W>(g.input, i * g.stride + g.c0, width);
+            self.splat(i, &v, g.pre[i], a);
+        }
+        let cur: &[[f32; W]] = if self.blur(a, b) { b } else { a };
+        for i in 0..self.pixels {
+            let acc = self.slice(i, cur);
+            let at = i * g.stride + g.c0;
+            let post = g.post[i];
+            let mut r = [0f32; W];
+            match g.base {
+                // -b + p x: the same operations as out = -b, then out += p x.
+                Some(base) => {
+                    let b = load_row::<W>(base, at, width);
+                    for l in 0..W {
+                        r[l] = -b[l] + post * acc[l];
+                    }
                 }
-                a[o as usize] = t;
+                None => {
+                    let o = load_row::<W>(out, at, width);
+                    for l in 0..W {
+                        r[l] = o[l] + post * acc[l];
+                    }
+                }
+            }
+            store_row(out, at, width, &r);
+        }
+    }
+
+    /// Adds pixel i's value `v` times `pre` to its simplex's vertices in `buf`, with its
+    /// barycentric weights.
+    #[inline(always)]
+    pub(crate) fn splat<const W: usize>(
+        &self,
+        i: usize,
+        v: &[f32; W],
+        pre: f32,
+        buf: &mut [[f32; W]],
+    ) {
+        let dp1 = self.d + 1;
+        let mut x = [0f32; W];
+        for l in 0..W {
+            x[l] = v[l] * pre;
+        }
+        let at = i * dp1..(i + 1) * dp1;
+        for (&o, &w) in self.offset[at.clone()].iter().zip(&self.weight[at]) {
+            let mut t = buf[o as usize];
+            for l in 0..W {
+                t[l] += w * x[l];
+            }
+            buf[o as usize] = t;
+        }
+    }
+
+    /// Pixel i's value read back from the vertices in `buf`, with its barycentric weights.
+    #[inline(always)]
+    pub(crate) fn slice<const W: usize>(&self, i: usize, buf: &[[f32; W]]) -> [f32; W] {
+        let dp1 = self.d + 1;
+        let at = i * dp1..(i + 1) * dp1;
+        let mut acc = [0f32; W];
+        for (&o, &w) in self.offset[at.clone()].iter().zip(&self.weight[at]) {
+            let src = buf[o as usize];
+            for l in 0..W {
+                acc[l] += w * src[l];
             }
         }
-        // Blur along each lattice axis, as densecrf: next = cur + (cur[lower] + cur[upper])
-        // / 2. Row 0, the absent neighbour, stays zero in both buffers.
+        acc
+    }
+
+    /// Blurs the splatted values in `a` along each lattice axis, as densecrf: next = cur +
+    /// (cur[lower] + cur[upper]) / 2, passes alternating between the two buffers. Returns
+    /// whether the result is in `b` (an odd number of axes); the other buffer is left
+    /// holding an intermediate pass. Row 0, the absent neighbour, must be zero in both and
+    /// stays so; `b` need not be cleared otherwise (the first pass writes all its rows).
+    #[inline(always)]
+    pub(crate) fn blur<const W: usize>(&self, a: &mut [[f32; W]], b: &mut [[f32; W]]) -> bool {
+        let nv = self.vertices;
         let (mut cur, mut next) = (a, b);
-        for j in 0..dp1 {
+        for j in 0..=self.d {
             let lower = &self.lower[j * nv..(j + 1) * nv];
             if self.lean() {
                 blur_axis_lean(cur, next, lower);
@@ -626,37 +638,7 @@ impl Lattice {
             }
             std::mem::swap(&mut cur, &mut next);
         }
-
-        // Slice.
-        for (i, (offs, ws)) in self
-            .offset
-            .chunks_exact(dp1)
-            .zip(self.weight.chunks_exact(dp1))
-            .enumerate()
-        {
-            let mut acc = [0f32; W];
-            for (&o, &w) in offs.iter().zip(ws) {
-                let src = cur[o as usize];
-                for l in 0..W {
-                    acc[l] += w * src[l];
-                }
-            }
-            let at = i * g.stride + g.c0..i * g.stride + g.c0 + width;
-            let dst = &mut out[at.clone()];
-            match g.base {
-                // -b + p x: the same operations as out = -b, then out += p x.
-                Some(base) => {
-                    for ((d, &x), &b) in dst.iter_mut().zip(&acc).zip(&base[at]) {
-                        *d = -b + g.post[i] * x;
-                    }
-                }
-                None => {
-                    for (d, &x) in dst.iter_mut().zip(&acc) {
-                        *d += g.post[i] * x;
-                    }
-                }
-            }
-        }
+        (self.d + 1) % 2 == 1
     }
 }
 
