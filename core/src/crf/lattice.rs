@@ -50,6 +50,8 @@ pub(crate) struct Lattice {
     lower: Vec<u32>,
     /// The upper neighbours, laid out as `lower` (empty when lean).
     upper: Vec<u32>,
+    /// The largest distance between the ids of two neighbouring vertices.
+    reach: usize,
     /// Bytes the key table held at the end of construction (dropped since).
     table_bytes: usize,
 }
@@ -372,6 +374,11 @@ impl Lattice {
                 }
             }
         }
+        let reach = (0..dp1 * vertices)
+            .filter(|&i| lower[i] != 0)
+            .map(|i| (i % vertices + 1).abs_diff(lower[i] as usize))
+            .max()
+            .unwrap_or(0);
         let table_bytes = table.heap_bytes();
         drop(table);
 
@@ -383,6 +390,7 @@ impl Lattice {
             weight,
             lower,
             upper,
+            reach,
             table_bytes,
         }
     }
@@ -616,15 +624,41 @@ impl Lattice {
     #[inline(always)]
     pub(crate) fn blur<const W: usize>(&self, a: &mut [[f32; W]], b: &mut [[f32; W]]) -> bool {
         let nv = self.vertices;
-        let (mut cur, mut next) = (a, b);
-        for j in 0..=self.d {
-            let lower = &self.lower[j * nv..(j + 1) * nv];
-            if self.lean() {
-                blur_axis_lean(cur, next, lower);
-            } else {
-                let upper = &self.upper[j * nv..(j + 1) * nv];
-                for (((dst, me), &lo), &up) in
-                    next[1..].iter_mut().zip(&cur[1..]).zip(lower).zip(upper)
+        let dp1 = self.d + 1;
+        if self.lean() {
+            let (mut cur, mut next) = (a, b);
+            for j in 0..dp1 {
+                blur_axis_lean(cur, next, &self.lower[j * nv..(j + 1) * nv]);
+                std::mem::swap(&mut cur, &mut next);
+            }
+            return dp1 % 2 == 1;
+        }
+        // The axes' passes run as a wavefront over blocks of vertices, axis j a lag behind
+        // axis j - 1, so that a block is blurred along every axis while it is in cache. A
+        // lag of the neighbours' farthest reach plus a block keeps each pass's reads to
+        // rows the previous pass has written and the next one has not overwritten; the
+        // per-vertex operations are those of one pass after another. The Gaussian kernel's
+        // neighbours lie about one image row of vertices apart; where they lie far apart
+        // (the bilateral kernel), the passes simply follow one another.
+        const BLOCK: usize = 64;
+        // A whole number of blocks, so that every pass starts at vertex 0.
+        let lag = (self.reach + BLOCK).div_ceil(BLOCK) * BLOCK;
+        let mut start = 0;
+        while start < nv + (dp1 - 1) * lag {
+            for j in 0..dp1 {
+                let Some(from) = start.checked_sub(j * lag).filter(|&f| f < nv) else {
+                    continue;
+                };
+                let to = (from + BLOCK).min(nv);
+                let (cur, next): (&[[f32; W]], &mut [[f32; W]]) =
+                    if j % 2 == 0 { (a, b) } else { (b, a) };
+                let lower = &self.lower[j * nv + from..j * nv + to];
+                let upper = &self.upper[j * nv + from..j * nv + to];
+                for (((dst, me), &lo), &up) in next[from + 1..to + 1]
+                    .iter_mut()
+                    .zip(&cur[from + 1..to + 1])
+                    .zip(lower)
+                    .zip(upper)
                 {
                     // By value: all loads before the store, so the lanes vectorise (the
                     // buffers might alias as far as the compiler knows).
@@ -636,9 +670,9 @@ impl Lattice {
                     *dst = t;
                 }
             }
-            std::mem::swap(&mut cur, &mut next);
+            start += BLOCK;
         }
-        (self.d + 1) % 2 == 1
+        dp1 % 2 == 1
     }
 }
 
