@@ -276,8 +276,9 @@ impl Stage for Evaluate {
     const KIND: &'static str = "evaluate";
     // 2: the centroids used are an output. 3: `view`; dot_product's predictor names its view
     // and its k is the centroids'. 4: `bn` (train-mode fresh k-means by default, as released),
-    // the `kmeans_bn` column, a shuffled train-mode pass.
-    const VERSION: u32 = 4;
+    // the `kmeans_bn` column, a shuffled train-mode pass. 5: the CRF's softmax sums a row in
+    // four partial sums (marginals differ in the last bits).
+    const VERSION: u32 = 5;
     const DESCRIPTION: &'static str =
         "fresh k-means + Hungarian-matched mIoU and pixel accuracy on the validation split";
 
