@@ -425,44 +425,14 @@ impl Lattice {
     }
 
     /// `out[i * stride + c] += post[i] * sum_j k(i, j) pre[j] input[j * stride + c]` for the
-    /// first `channels` channels, with k the lattice's Gaussian (the point itself included).
+    /// first `channels` channels, with k the lattice's Gaussian (the point itself included);
+    /// with a `base` (laid out as `out`), `out = -base + post * ...` instead: the mean
+    /// field's first message of an iteration, added to -U in the same pass.
     /// Channels go through in groups of up to 16 (fewer for large lattices, see
     /// `BUFFER_FLOATS`), which bounds the value buffers whatever the class count.
     // The filter's operands, each a plain slice the mean-field loop owns.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn filter_add(
-        &self,
-        input: &[f32],
-        stride: usize,
-        channels: usize,
-        pre: &[f32],
-        post: &[f32],
-        out: &mut [f32],
-        scratch: &mut Scratch,
-    ) {
-        self.filter(input, stride, channels, pre, post, None, out, scratch);
-    }
-
-    /// As [`Lattice::filter_add`], but `out = -base + post * ...` (base laid out as `out`):
-    /// the mean field's first message of an iteration, added to -U in the same pass.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn filter_onto_negated(
-        &self,
-        input: &[f32],
-        stride: usize,
-        channels: usize,
-        pre: &[f32],
-        post: &[f32],
-        base: &[f32],
-        out: &mut [f32],
-        scratch: &mut Scratch,
-    ) {
-        assert!(base.len() >= self.pixels * stride);
-        self.filter(input, stride, channels, pre, post, Some(base), out, scratch);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn filter(
+    pub(crate) fn filter(
         &self,
         input: &[f32],
         stride: usize,
@@ -478,6 +448,7 @@ impl Lattice {
                 && out.len() >= self.pixels * stride
                 && pre.len() >= self.pixels
                 && post.len() >= self.pixels
+                && base.is_none_or(|b| b.len() >= self.pixels * stride)
                 && channels <= stride
         );
         let widest = BUFFER_FLOATS / (2 * (self.vertices + 1));
@@ -702,10 +673,10 @@ mod tests {
             let ones = vec![1f32; n];
             let mut scratch = Scratch::default();
             let mut sums = vec![0f32; n];
-            lat.filter_add(&ones, 1, 1, &ones, &ones, &mut sums, &mut scratch);
+            lat.filter(&ones, 1, 1, &ones, &ones, None, &mut sums, &mut scratch);
             let norm: Vec<f32> = sums.iter().map(|s| 1.0 / s.sqrt()).collect();
             let mut got = vec![0f32; n];
-            lat.filter_add(&values, 1, 1, &norm, &norm, &mut got, &mut scratch);
+            lat.filter(&values, 1, 1, &norm, &norm, None, &mut got, &mut scratch);
             // Exact.
             let k = |i: usize, j: usize| {
                 let d2: f32 = (0..d).map(|c| (f[i * d + c] - f[j * d + c]).powi(2)).sum();

@@ -13,8 +13,8 @@ use super::{CrfError, CrfImage, Refined};
 /// One pairwise term: its lattice, the normalisation N, and w N (applied after slicing).
 pub(crate) struct Kernel {
     pub(crate) lattice: Lattice,
-    pub(crate) norm: Vec<f32>,
-    pub(crate) post: Vec<f32>,
+    norm: Vec<f32>,
+    post: Vec<f32>,
 }
 
 impl Kernel {
@@ -23,7 +23,7 @@ impl Kernel {
         let n = lattice.pixels();
         let ones = vec![1f32; n];
         let mut sums = vec![0f32; n];
-        lattice.filter_add(&ones, 1, 1, &ones, &ones, &mut sums, scratch);
+        lattice.filter(&ones, 1, 1, &ones, &ones, None, &mut sums, scratch);
         // densecrf's epsilon: a pixel always sees itself, so the sum is positive anyway.
         let norm: Vec<f32> = sums.iter().map(|s| 1.0 / (s + 1e-20).sqrt()).collect();
         let post = norm.iter().map(|v| v * compat).collect();
@@ -128,27 +128,14 @@ pub(crate) fn infer_with(
     let mut logits = vec![0f32; q.len()];
     for _ in 0..cfg.iterations {
         // -U + the messages; the first kernel writes -U with its own (one pass less).
-        match kernels.split_first() {
-            Some((first, rest)) => {
-                first.lattice.filter_onto_negated(
-                    &q,
-                    k,
-                    k,
-                    &first.norm,
-                    &first.post,
-                    img.unary,
-                    &mut logits,
-                    &mut scratch,
-                );
-                for m in rest {
-                    m.lattice
-                        .filter_add(&q, k, k, &m.norm, &m.post, &mut logits, &mut scratch);
-                }
-            }
-            None => {
-                for (l, u) in logits.iter_mut().zip(img.unary) {
-                    *l = -u;
-                }
+        for (i, m) in kernels.iter().enumerate() {
+            let base = (i == 0).then_some(img.unary);
+            m.lattice
+                .filter(&q, k, k, &m.norm, &m.post, base, &mut logits, &mut scratch);
+        }
+        if kernels.is_empty() {
+            for (l, u) in logits.iter_mut().zip(img.unary) {
+                *l = -u;
             }
         }
         softmax(&mut logits, k, scratch.simd());

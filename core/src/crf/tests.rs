@@ -300,12 +300,13 @@ fn lean_and_full_lattices_give_the_same_bytes() {
                 let lat = lattice::Lattice::with_form(f, d, Some(lean)).unwrap();
                 let mut out = vec![0.25f32; n * channels];
                 let mut scratch = lattice::Scratch::default();
-                lat.filter_add(
+                lat.filter(
                     &values,
                     channels,
                     channels,
                     &pre,
                     &post,
+                    None,
                     &mut out,
                     &mut scratch,
                 );
